@@ -1,0 +1,29 @@
+"""Shared test helpers: where ../shared lives, and skipping cleanly when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+FIXTURES = SHARED / "fixtures"
+
+
+def need(path: Path) -> Path:
+    """Return ``path`` or skip the test with the reason it is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared data/fixtures folder sits beside the repo)")
+    return path
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return need(DATA)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return need(FIXTURES)
