@@ -1,0 +1,193 @@
+"""Load published AgriFM weights (fine-tuned full models or pre-trained encoders).
+
+Files are data, not code: ``.pth``/``.pt`` are read with ``torch.load(weights_only=True)``,
+``.safetensors`` with safetensors. Published key names are mapped to ours here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["load_official_checkpoint", "LoadReport", "read_state_dict", "official_to_ours", "ours_to_official",
+           "PATCH_EMBED_BY_BANDS", "encoder_to_published"]
+
+# The release picks a pre-trained patch embedding by band count.
+PATCH_EMBED_BY_BANDS = {10: "S2", 6: "HLSL30", 7: "Modis"}
+_INDEX = "relative_position_index"
+
+
+@dataclass
+class LoadReport:
+    """What a load did: ``kind`` is 'full' or 'encoder'."""
+
+    kind: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # model source -> checkpoint patch embedding
+
+    def __str__(self) -> str:
+        s = f"{self.kind} checkpoint: {len(self.loaded)} tensors loaded, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+        if self.missing:
+            s += f"\n  missing: {_summarise(self.missing)}"
+        if self.unexpected:
+            s += f"\n  unexpected: {_summarise(self.unexpected)}"
+        return s
+
+
+def _summarise(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def read_state_dict(path_or_dict: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A flat tensor dict from a file or dict; unwraps ``state_dict``/``model`` and ``module.``."""
+    if isinstance(path_or_dict, Mapping):
+        sd = dict(path_or_dict)
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise ValueError(
+                    f"{path}: cannot be read as a tensor-only checkpoint (torch.load weights_only=True): {exc}. "
+                    "Files that need full unpickling are refused; convert them where they were made."
+                ) from None
+    for wrapper in ("state_dict", "model", "module"):
+        if wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = dict(sd[wrapper])
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if not sd:
+        raise ValueError(f"{path_or_dict if not isinstance(path_or_dict, Mapping) else 'state dict'}: no tensors found")
+    return sd
+
+
+def official_to_ours(key: str) -> str:
+    """Published fine-tuned key -> our key."""
+    if key.startswith("encoders.encoders."):
+        return "encoders." + key[len("encoders.encoders."):]
+    if key.startswith("heads."):
+        return "head." + key[len("heads."):]
+    return key
+
+
+def ours_to_official(key: str) -> str:
+    if key.startswith("encoders."):
+        return "encoders.encoders." + key[len("encoders."):]
+    if key.startswith("head."):
+        return "heads." + key[len("head."):]
+    return key
+
+
+def _is_encoder_file(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith("backbone.") for k in sd) and not any(k.startswith("encoders.") for k in sd)
+
+
+def _patch_embeds(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        m = re.match(r"^(.+?)_patch_emd\.(.+)$", k)
+        if m:
+            rest = m.group(2) if m.group(2).startswith("proj.") else "proj." + m.group(2)
+            out.setdefault(m.group(1), {})[rest] = v
+    return out
+
+
+def _encoder_state(model: nn.Module, sd: Mapping[str, torch.Tensor], report: LoadReport,
+                   source_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
+    """Expand a pre-trained file (shared backbone + per-source patch embeddings) to our keys."""
+    embeds = _patch_embeds(sd)
+    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    used = {k for k in sd if k.startswith("backbone.")}
+    out: dict[str, torch.Tensor] = {}
+    for name, enc in model.encoders.items():
+        for k, v in backbone.items():
+            out[f"encoders.{name}.backbone.{k}"] = v
+        bands = enc.patch_emd.in_chans
+        pick = (source_map or {}).get(name)
+        if pick is None:
+            pick = name if name in embeds else PATCH_EMBED_BY_BANDS.get(bands)
+        if pick in embeds:
+            report.sources[name] = pick
+            for k, v in embeds[pick].items():
+                out[f"encoders.{name}.patch_emd.{k}"] = v
+            used.update(f"{pick}_patch_emd.{k}" for k in sd if k.startswith(f"{pick}_patch_emd."))
+    report.unexpected.extend(sorted(k for k in sd if k not in used and not k.endswith(_INDEX) and not any(
+        k.startswith(f"{p}_patch_emd.") for p in embeds)))
+    return out
+
+
+def load_official_checkpoint(
+    model: nn.Module,
+    state_dict_or_path: str | Path | Mapping[str, torch.Tensor],
+    *,
+    source_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> LoadReport:
+    """Load published weights into our model and say what happened.
+
+    A fine-tuned full model: every key must match (missing, unexpected or mis-shaped keys are
+    one error naming them). A pre-trained encoder file (``<SRC>_patch_emd.*`` + shared
+    ``backbone.*``): every encoder key must be covered; the decoder/head it lacks are listed
+    in ``report.missing``. ``relative_position_index`` buffers are accepted present or absent.
+    ``source_map`` picks a checkpoint patch embedding for a model source (default: same name,
+    else by band count as the release does). ``strict=False`` reports instead of raising.
+    """
+    sd = read_state_dict(state_dict_or_path)
+    encoder_only = _is_encoder_file(sd)
+    report = LoadReport(kind="encoder" if encoder_only else "full")
+    if encoder_only:
+        mapped = _encoder_state(model, sd, report, source_map)
+    else:
+        mapped = {}
+        for k, v in sd.items():
+            if k.endswith(_INDEX):
+                continue
+            mapped[official_to_ours(k)] = v
+    own = model.state_dict()
+    shape_errors = [
+        f"{ours_to_official(k)}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in mapped.items() if k in own and own[k].shape != v.shape
+    ]
+    unexpected = sorted(ours_to_official(k) for k in mapped if k not in own)
+    missing = sorted(k for k in own if k not in mapped)
+    enc_missing = [k for k in missing if k.startswith("encoders.")]
+    report.unexpected = sorted(set(report.unexpected) | set(unexpected))
+    report.missing = [ours_to_official(k) for k in missing]
+    problems = []
+    if shape_errors:
+        problems.append("shape mismatch: " + "; ".join(shape_errors[:10]) + (" ..." if len(shape_errors) > 10 else ""))
+    if report.unexpected:
+        problems.append(f"unexpected keys: {_summarise(report.unexpected)}")
+    fatal_missing = enc_missing if encoder_only else missing
+    if fatal_missing:
+        problems.append(f"missing keys: {_summarise([ours_to_official(k) for k in fatal_missing])}")
+    if problems and strict:
+        src = state_dict_or_path if not isinstance(state_dict_or_path, Mapping) else "state dict"
+        raise ValueError(f"{src} does not fit this model ({report.kind} checkpoint):\n  " + "\n  ".join(problems))
+    loadable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = sorted(ours_to_official(k) for k in loadable)
+    return report
+
+
+def encoder_to_published(encoder_state: Mapping[str, torch.Tensor], patch_embeds: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Our backbone + per-source patch embeddings -> the published pre-trained layout."""
+    out = {f"backbone.{k}": v.detach().clone().contiguous() for k, v in encoder_state.items()}
+    for src, sd in patch_embeds.items():
+        out.update({f"{src}_patch_emd.{k}": v.detach().clone().contiguous() for k, v in sd.items()})
+    return out
