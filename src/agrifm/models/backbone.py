@@ -235,7 +235,8 @@ class SwinTransformer3D(nn.Module):
         self.num_layers = len(depths)
         self.embed_dim = embed_dim
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             dim = embed_dim * 2**i

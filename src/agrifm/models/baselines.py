@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agrifm.data.timeseries import fill_series
+
 __all__ = [
     "TemporalCNN",
     "RandomForestBaseline",
-    "interpolate_gaps",
     "train_torch_classifier",
     "predict_logits",
 ]
@@ -38,7 +39,13 @@ class TemporalCNN(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, hidden: int = 64, kernel: int = 5, layers: int = 3, dropout: float = 0.2
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden: int = 64,
+        kernel: int = 5,
+        layers: int = 3,
+        dropout: float = 0.2,
     ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2 or hidden < 1 or kernel < 1 or layers < 1:
@@ -76,35 +83,6 @@ class TemporalCNN(nn.Module):
         return self.head(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
 
 
-def interpolate_gaps(x: np.ndarray, fill_value: float | np.ndarray = 0.0) -> np.ndarray:
-    """Fill non-finite values of ``(N, T, C)`` series by linear interpolation along T.
-
-    Follows the project's gap convention: each (sample, band) series is interpolated between
-    its valid neighbours, held at the nearest valid value before the first / after the last,
-    and a series with no valid value at all gets ``fill_value`` (scalar or per-band ``(C,)``,
-    e.g. the band mean). Fully vectorised (no Python loop over series). Returns a new float32 array.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"interpolate_gaps expects (N, T, C) series, got shape {x.shape}")
-    valid = np.isfinite(x)
-    if valid.all():
-        return x.copy()
-    _, t, c = x.shape
-    x = np.where(valid, x, np.float32(np.nan))
-    idx = np.arange(t)[None, :, None]
-    prev = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)  # last valid index <= t
-    nxt = np.minimum.accumulate(np.where(valid, idx, t)[:, ::-1], axis=1)[:, ::-1]  # first valid >= t
-    has_prev, has_next = prev >= 0, nxt < t
-    p, q = np.clip(prev, 0, t - 1), np.clip(nxt, 0, t - 1)
-    xp, xq = np.take_along_axis(x, p, axis=1), np.take_along_axis(x, q, axis=1)
-    w = np.divide(idx - p, q - p, out=np.zeros(x.shape, dtype=np.float32), where=q > p)
-    out = np.where(has_prev & has_next, xp + w * (xq - xp), np.where(has_prev, xp, xq))
-    fill = np.broadcast_to(np.asarray(fill_value, dtype=np.float32), (c,))
-    out = np.where(valid.any(axis=1, keepdims=True), out, fill[None, None, :])
-    return out.astype(np.float32, copy=False)
-
-
 def _as_series(x: Any, name: str = "X") -> np.ndarray:
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 3:
@@ -115,10 +93,10 @@ def _as_series(x: Any, name: str = "X") -> np.ndarray:
 class RandomForestBaseline:
     """scikit-learn Random Forest on flattened per-pixel series ``(N, T*C)``.
 
-    Gaps (NaN/inf) are filled with :func:`interpolate_gaps`, using the training band means for
-    series with no valid value, because the forest cannot take NaN and a per-series temporal
-    interpolation is the same treatment the deep models get. Already gap-free input passes
-    through unchanged. Labels equal to ``-1`` (ignore) are dropped from training.
+    The forest cannot take NaN, so gaps (NaN/inf) get the project's treatment
+    (:func:`agrifm.data.timeseries.fill_series`: linear interpolation in time, nearest value at
+    the ends, frames equally spaced); a series with no valid value gets the training band mean.
+    Gap-free input passes through unchanged. Labels equal to ``-1`` (ignore) are dropped.
     """
 
     def __init__(self, n_estimators: int = 300, seed: int = 0, n_jobs: int = -1, **rf_kwargs: Any) -> None:
@@ -139,7 +117,9 @@ class RandomForestBaseline:
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         assert self.band_mean_ is not None
-        return interpolate_gaps(x, self.band_mean_).reshape(len(x), -1)
+        filled, _ = fill_series(x)  # never-observed series stay NaN -> band mean
+        filled = np.where(np.isnan(filled), self.band_mean_, filled)
+        return filled.reshape(len(x), -1)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> RandomForestBaseline:
         from sklearn.ensemble import RandomForestClassifier
@@ -172,11 +152,13 @@ class RandomForestBaseline:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class labels ``(N,)`` int64."""
-        return self.model.predict(self._prepare(X)).astype(np.int64)
+        features = self._prepare(X)
+        return self.model.predict(features).astype(np.int64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, len(classes_))``; columns follow :attr:`classes_`."""
-        return self.model.predict_proba(self._prepare(X))
+        features = self._prepare(X)
+        return self.model.predict_proba(features)
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -185,7 +167,9 @@ def _rng_devices(device: torch.device) -> list[int]:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, X: np.ndarray | Tensor, *, batch_size: int = 4096, device: str | torch.device = "cpu") -> Tensor:
+def predict_logits(
+    model: nn.Module, X: np.ndarray | Tensor, *, batch_size: int = 4096, device: str | torch.device = "cpu"
+) -> Tensor:
     """Logits of ``model`` on ``X`` in eval mode and mini-batches; returned on CPU.
 
     The module's train/eval mode is restored afterwards, so this is safe inside a training loop.
@@ -195,7 +179,9 @@ def predict_logits(model: nn.Module, X: np.ndarray | Tensor, *, batch_size: int 
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(xb.to(device)).float().cpu() for xb in x.split(batch_size)]) if len(x) else torch.empty(0)
+        if len(x) == 0:
+            raise ValueError("predict_logits got 0 samples")
+        return torch.cat([model(xb.to(device)).float().cpu() for xb in x.split(batch_size)])
     finally:
         model.train(was_training)
 
@@ -301,5 +287,5 @@ def _check_xy(X: np.ndarray | Tensor, y: np.ndarray | Tensor | Sequence[int], sp
         raise ValueError(f"{split}: X has {len(x)} samples but y has {len(t)}")
     if not torch.isfinite(x).all():
         bad = torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(1)).flatten()[:5].tolist()
-        raise ValueError(f"{split}: X holds NaN/inf (first samples {bad}); fill gaps first (interpolate_gaps)")
+        raise ValueError(f"{split}: X holds NaN/inf (first samples {bad}); fill gaps first (agrifm.data.timeseries.fill_series)")
     return x, t

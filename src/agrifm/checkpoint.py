@@ -1,0 +1,189 @@
+"""Our checkpoint format: one ``.safetensors`` file, its metadata a JSON description.
+
+The metadata (key ``agrifm``) holds the task, the sources with band names, units and
+normalisation statistics, class names and colours, and the model config, so
+:func:`load_model` rebuilds the model from the file alone. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from agrifm import __version__
+from agrifm.models.agrifm import AgriFM
+from agrifm.models.config import ModelConfig
+from agrifm.sensors import Source, get_source
+
+__all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_colors", "CheckpointMeta",
+           "load_predictor", "ModelPredictor", "atomic_path"]
+
+FORMAT = "agrifm/1"
+TASKS = ("segmentation", "classification", "boundary", "pretrain")
+
+
+def default_colors(n: int) -> list[tuple[int, int, int]]:
+    """Distinct colours (tab20-like) for ``n`` classes."""
+    base = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+            (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+            (219, 219, 141), (158, 218, 229)]
+    return [base[i % len(base)] for i in range(n)]
+
+
+@dataclass
+class CheckpointMeta:
+    """What travels with the weights."""
+
+    task: str
+    model: ModelConfig
+    sources: dict[str, Source]
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]] = field(default_factory=list)
+    frames: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r}: expected one of {TASKS}")
+        if not self.class_colors:
+            self.class_colors = default_colors(len(self.class_names))
+        for name, n in self.model.sources.items():
+            if name not in self.sources:
+                raise ValueError(f"model source {name!r} has no source description (bands, normalisation)")
+            if self.sources[name].num_bands != n:
+                raise ValueError(f"source {name!r}: model takes {n} bands, description lists {self.sources[name].bands}")
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "version": __version__, "task": self.task, "model": self.model.to_dict(),
+            "sources": {k: v.to_dict() for k, v in self.sources.items()}, "class_names": list(self.class_names),
+            "class_colors": [list(c) for c in self.class_colors], "frames": self.frames, "extra": self.extra,
+        })
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "checkpoint") -> "CheckpointMeta":
+        d = json.loads(text)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{where}: not an agrifm checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+        return cls(
+            task=d["task"], model=ModelConfig.from_dict(d["model"]),
+            sources={k: Source.from_dict(v) for k, v in d["sources"].items()},
+            class_names=list(d["class_names"]), class_colors=[tuple(c) for c in d["class_colors"]],
+            frames=d.get("frames"), extra=d.get("extra", {}),
+        )
+
+
+def atomic_path(path: str | Path) -> tuple[Path, Path]:
+    """(temporary path in the destination folder, final path): write to the first, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp), path
+
+
+def save_model(
+    model: AgriFM,
+    path: str | Path,
+    *,
+    task: str,
+    sources: Mapping[str, Source] | None = None,
+    class_names: Sequence[str] = (),
+    class_colors: Sequence[tuple[int, int, int]] | None = None,
+    frames: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write weights + description to one ``.safetensors`` file (atomically)."""
+    from safetensors.torch import save_file
+
+    sources = dict(sources or {name: get_source(name) for name in model.config.sources})
+    meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames, dict(extra or {}))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp, final = atomic_path(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"agrifm": meta.to_json()})
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def read_metadata(path: str | Path) -> CheckpointMeta:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .safetensors file ({exc})") from None
+    if "agrifm" not in meta:
+        raise ValueError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
+    return CheckpointMeta.from_json(meta["agrifm"], str(path))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM:
+    """Rebuild a model from our checkpoint file alone; ``model.meta`` holds its description."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    model = AgriFM(meta.model)
+    state = load_file(str(path))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]})")
+    model.meta = meta
+    return model.to(device).eval()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ModelPredictor:
+    """Adapts a loaded model to the scene engine's predictor protocol (probabilities out)."""
+
+    def __init__(self, model: AgriFM, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+        meta: CheckpointMeta = model.meta
+        if meta.task == "pretrain":
+            raise ValueError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.sources = meta.sources
+        self.class_names = meta.class_names
+        self.class_colors = meta.class_colors
+        self.kind = "point" if meta.task == "classification" else "dense"
+        self.frames = meta.model.num_frames if meta.model.feature_fusion == "cat" else None
+        self.task = meta.task
+        self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
+    @torch.no_grad()
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(inputs)
+        logits = logits.float()
+        if self.task == "boundary":  # channels: extent logits (K) then the boundary logit
+            logits = logits[:, : len(self.class_names)]
+        return logits.softmax(dim=1)
+
+
+def load_predictor(path: str | Path, device: str | torch.device | None = None, precision: str = "auto") -> ModelPredictor:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ModelPredictor(load_model(path, device), device, precision)
