@@ -1,0 +1,141 @@
+"""TempCNN, Random Forest and the small training loop; accuracy check on the Mato Grosso samples."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agrifm.models.baselines import (
+    RandomForestBaseline,
+    TemporalCNN,
+    predict_logits,
+    train_torch_classifier,
+)
+
+BANDS = ["MIR", "BLUE", "NIR", "RED", "EVI", "NDVI"]
+
+
+def _toy(n: int = 64, t: int = 8, c: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two separable classes: class 1 has a bump in the middle of the season."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(0, 0.3, (n, t, c)).astype(np.float32)
+    x[y == 1, t // 3 : 2 * t // 3] += 1.5
+    return x, y
+
+
+def test_temporal_cnn_shapes() -> None:
+    model = TemporalCNN(6, 9, hidden=16).eval()
+    assert model(torch.randn(4, 23, 6)).shape == (4, 9)
+    assert model(torch.randn(4, 23, 6, 1, 1)).shape == (4, 9)
+    assert model(torch.randn(4, 11, 6)).shape == (4, 9)  # independent of T
+    with pytest.raises(ValueError, match=r"\(4, 23, 5\)"):
+        model(torch.randn(4, 23, 5))
+
+
+def test_random_forest_with_gaps() -> None:
+    x, y = _toy()
+    x[::5, 2, 1] = np.nan
+    x[3, :, 0] = np.nan  # a whole series missing -> training band mean
+    rf = RandomForestBaseline(n_estimators=5, seed=0, n_jobs=1).fit(x, y)
+    np.testing.assert_allclose(rf._features(x[3:4]).reshape(8, 3)[:, 0], rf.band_mean_[0])
+    np.testing.assert_allclose(rf._features(x[5:6]).reshape(8, 3)[2, 1], (x[5, 1, 1] + x[5, 3, 1]) / 2, rtol=1e-5)
+    y[:4] = -1  # ignored labels are dropped
+    rf = RandomForestBaseline(n_estimators=20, seed=0, n_jobs=1).fit(x, y)
+    assert set(rf.classes_) == {0, 1}
+    assert (rf.predict(x[4:]) == y[4:]).mean() > 0.9
+    proba = rf.predict_proba(x)
+    assert proba.shape == (64, 2) and np.allclose(proba.sum(1), 1)
+    with pytest.raises(ValueError, match=r"\(T, C\)"):
+        rf.predict(x[:, :5])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RandomForestBaseline().predict(x)
+
+
+def test_training_is_deterministic_and_keeps_global_rng() -> None:
+    x, y = _toy()
+    kw = dict(epochs=3, batch_size=16, lr=1e-2, weight_decay=0.0, seed=3, augment_noise=0.1, progress=False)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = TemporalCNN(3, 2, hidden=8)
+        before = torch.get_rng_state()
+        train_torch_classifier(model, x, y, val=(x, y), **kw)
+        assert torch.equal(before, torch.get_rng_state())
+        states.append(model.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    assert not model.training
+
+
+class _NaNAfter(nn.Module):
+    """Returns NaN logits from the ``n``-th call on, to exercise the NaN-loss guard."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lin, self.calls, self.n = nn.Linear(3, 2), 0, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.lin(x.mean(1))
+        return out * float("nan") if self.calls > self.n else out
+
+
+def test_nan_loss_and_bad_inputs_raise() -> None:
+    x, y = _toy(n=40)
+    kw = dict(epochs=2, batch_size=16, lr=1e-3, weight_decay=0.0, seed=0, progress=False)
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 1"):
+        train_torch_classifier(_NaNAfter(4), x, y, **kw)  # 3 batches/epoch: 5th call = epoch 1, batch 1
+    x[5, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf \(first samples \[5\]\)"):
+        train_torch_classifier(TemporalCNN(3, 2), x, y, **kw)
+    with pytest.raises(ValueError, match="40 samples but y has 39"):
+        train_torch_classifier(TemporalCNN(3, 2), x, y[:-1], **kw)
+
+
+@lru_cache(maxsize=1)
+def _mato_grosso(csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Long CSV -> X (N, 23, 6) in BANDS order, y (N,) indices into sorted class names."""
+    import pandas as pd
+
+    df = pd.read_csv(csv).sort_values(["sample_id", "date"])
+    counts = df.groupby("sample_id").size()
+    assert (counts == 23).all(), f"{csv}: samples with != 23 dates: {counts[counts != 23].index[:5].tolist()}"
+    x = df[BANDS].to_numpy(np.float32).reshape(len(counts), 23, len(BANDS))
+    labels = df.groupby("sample_id", sort=True)["label"].first()
+    names = sorted(labels.unique())
+    return x, labels.map({n: i for i, n in enumerate(names)}).to_numpy(np.int64), names
+
+
+@pytest.fixture
+def mato_grosso_split(data_dir: Path) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    from conftest import need
+
+    x, y, names = _mato_grosso(need(data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"))
+    assert x.shape == (1327, 23, 6) and len(names) == 9
+    return tuple(train_test_split(x, y, test_size=0.25, random_state=0, stratify=y))
+
+
+def test_random_forest_mato_grosso(mato_grosso_split: tuple[np.ndarray, ...]) -> None:
+    x_tr, x_te, y_tr, y_te = mato_grosso_split
+    rf = RandomForestBaseline(n_estimators=50, seed=0, n_jobs=2).fit(x_tr, y_tr)
+    assert (rf.predict(x_te) == y_te).mean() > 0.8
+
+
+def test_temporal_cnn_mato_grosso(mato_grosso_split: tuple[np.ndarray, ...]) -> None:
+    x_tr, x_te, y_tr, y_te = mato_grosso_split
+    mean, std = x_tr.mean(axis=(0, 1)), x_tr.std(axis=(0, 1))
+    torch.manual_seed(0)
+    model = TemporalCNN(len(BANDS), 9, hidden=32)
+    train_torch_classifier(
+        model, (x_tr - mean) / std, y_tr, epochs=10, batch_size=64, lr=3e-3, weight_decay=1e-4, seed=0, progress=False
+    )
+    oa = (predict_logits(model, (x_te - mean) / std).argmax(1).numpy() == y_te).mean()
+    assert oa > 0.8
