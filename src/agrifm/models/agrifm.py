@@ -10,7 +10,7 @@ from torch import nn
 from agrifm.models.backbone import SwinTransformer3D
 from agrifm.models.config import ModelConfig, fused_widths
 from agrifm.models.decoder import MultiFusionNeck, TemporalFusion
-from agrifm.models.embed import PatchEmbed3D
+from agrifm.models.embed import DateEncoding, PatchEmbed3D
 from agrifm.models.heads import ClassificationHead, FractionHead, SegmentationHead
 from agrifm.models.layers import init_weights
 
@@ -26,6 +26,7 @@ class SourceEncoder(nn.Module):
     def __init__(self, in_chans: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.patch_emd = PatchEmbed3D(in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_norm)
+        self.date_emd = DateEncoding(cfg.embed_dim, cfg.patch_size[0]) if cfg.date_encoding else None
         self.backbone = SwinTransformer3D(
             cfg.embed_dim, cfg.depths, cfg.num_heads, cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias, cfg.qk_scale,
             cfg.drop_rate, cfg.attn_drop_rate, cfg.drop_path_rate, cfg.downsample_steps, cfg.mean_frame_down,
@@ -35,8 +36,12 @@ class SourceEncoder(nn.Module):
         chans = [cfg.embed_dim * 2**i for i in range(n)] + [cfg.embed_dim * 2 ** (n - 1)]
         self.fusion = nn.ModuleList(TemporalFusion(cfg.feature_fusion, c) for c in chans)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, dates: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         emb = self.patch_emd(x)  # (B, E, D, H, W)
+        if self.date_emd is not None:
+            if dates is None:
+                raise ValueError("this model encodes acquisition dates: pass dates={source: (B, T) days since 1970-01-01}")
+            emb = emb + self.date_emd(dates, x.shape[1])
         stages = self.backbone(emb)
         maps = [emb, *stages]
         fused = [f(m) for f, m in zip(self.fusion, maps)]
@@ -107,17 +112,32 @@ class AgriFM(nn.Module):
         return out
 
     # -- forward --------------------------------------------------------------------------
-    def forward_features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, dict[str, object]]:
-        """``{source: {"encoder_features": (B, C, h, w), "features_list": [(B, C_i, h_i, w_i), ...]}}``."""
+    def forward_features(
+        self, inputs: Mapping[str, torch.Tensor], dates: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[str, object]]:
+        """``{source: {"encoder_features": (B, C, h, w), "features_list": [(B, C_i, h_i, w_i), ...]}}``.
+
+        ``dates`` ({source: (B, T) days since 1970-01-01}) are used by models with
+        ``date_encoding``; others ignore them.
+        """
         inputs = self._check_inputs(inputs)
         feats = {}
         for name, x in inputs.items():
-            enc, lst = self.encoders[name](x)
+            d = None if dates is None else dates.get(name)
+            if d is not None and tuple(d.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"source {name!r}: dates shape {tuple(d.shape)} does not match (B, T) = {tuple(x.shape[:2])}")
+            enc, lst = self.encoders[name](x, d)
             feats[name] = {"encoder_features": enc, "features_list": lst}
         return feats
 
-    def forward(self, inputs: Mapping[str, torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
-        feats = self.forward_features(inputs)
+    def forward(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        dates: Mapping[str, torch.Tensor] | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``weights`` (B, H, W): optional parcel mask for the classification head's pooling."""
+        feats = self.forward_features(inputs, dates)
         cfg = self.config
         if cfg.head == "segmentation":
             ref = inputs[cfg.decoder_sources[0]]

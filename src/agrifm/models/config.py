@@ -49,6 +49,7 @@ class ModelConfig:
     feature_size: tuple[int, int] | None = None
     out_size: tuple[int, int] | None = None
     head_dropout: float = 0.1
+    date_encoding: bool = False  # ours: day-of-year features added to the patch embedding
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchEmbed3D"]
+__all__ = ["PatchEmbed3D", "DateEncoding"]
 
 
 class PatchEmbed3D(nn.Module):
@@ -35,3 +35,28 @@ class PatchEmbed3D(nn.Module):
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         return x
+
+
+class DateEncoding(nn.Module):
+    """Day-of-year Fourier features -> embedding, added to each temporal patch (not in the release).
+
+    Swin's relative bias only sees frame offsets inside a window; phenology also depends on
+    *when* in the year a frame is, and gaps make frame index a poor proxy. ``dates`` are days
+    since 1970-01-01, (B, T); a temporal patch gets the mean date of its frames.
+    """
+
+    def __init__(self, embed_dim: int, patch_t: int, harmonics: int = 8) -> None:
+        super().__init__()
+        self.patch_t = patch_t
+        self.register_buffer("freqs", torch.arange(1, harmonics + 1, dtype=torch.float32) * (2 * torch.pi / 365.25), persistent=False)
+        self.proj = nn.Linear(2 * harmonics, embed_dim)
+
+    def forward(self, dates: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, T) days -> (B, E, D, 1, 1) with D = ceil(T / patch_t)."""
+        d = dates.float()
+        if d.shape[1] % self.patch_t:  # pad with the last date, like the zero-padded frames
+            d = torch.cat([d, d[:, -1:].expand(-1, self.patch_t - d.shape[1] % self.patch_t)], dim=1)
+        d = d.view(d.shape[0], -1, self.patch_t).mean(-1)  # (B, D)
+        angles = d[..., None] * self.freqs  # (B, D, H)
+        enc = self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1))  # (B, D, E)
+        return enc.permute(0, 2, 1)[..., None, None]
