@@ -7,6 +7,7 @@ imported only when called, so ``agrifm info`` needs no raster libraries.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> ("module", "one-line help")
@@ -33,7 +34,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# Long CPU jobs run about 2x faster with tcmalloc (many small tensor allocations).
+_HEAVY = {"demo", "fit", "validate", "test", "predict", "pretrain", "pretrain-data"}
+_TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def _maybe_reexec_with_tcmalloc(argv: list[str]) -> None:
+    if not argv or argv[0] not in _HEAVY or os.environ.get("AGRIFM_NO_TCMALLOC") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    lib = next((p for p in _TCMALLOC if os.path.exists(p)), None)
+    if lib is None or not sys.argv or not sys.argv[0]:
+        return
+    env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [lib, os.environ.get("LD_PRELOAD", "")])), AGRIFM_NO_TCMALLOC="1")
+    os.execve(sys.executable, [sys.executable, "-m", "agrifm.cli", *argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        _maybe_reexec_with_tcmalloc(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
