@@ -1,0 +1,222 @@
+"""What every AgriFM Lightning task shares: model building, the published optimiser recipe,
+metrics, the NaN guard, and writing our checkpoint format.
+
+The LightningModule owns loss, metrics, optimiser and schedule; the ``nn.Module`` (AgriFM)
+owns only the computation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from agrifm.checkpoint import save_model
+from agrifm.models.agrifm import AgriFM, build_model
+from agrifm.models.config import ModelConfig
+from agrifm.sensors import Source, get_source
+from agrifm.tasks.metrics import classification_metrics, summarize
+
+__all__ = ["AgriFMTask", "warmup_cosine", "resolve_model_config"]
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int, base_lr: float, min_lr: float) -> float:
+    """Multiplier for LambdaLR: linear warm-up then cosine to ``min_lr`` (the published recipe)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))) / base_lr
+
+
+def resolve_model_config(model: ModelConfig | Mapping[str, Any] | str, **overrides: Any) -> ModelConfig:
+    """A config object, its dict form, a preset name, or ``{'preset': name, ...overrides}``."""
+    from agrifm.models.presets import preset
+
+    if isinstance(model, ModelConfig):
+        d = model.to_dict()
+    elif isinstance(model, str):
+        return preset(model, **overrides)
+    else:
+        d = dict(model)
+        if "preset" in d:
+            name = d.pop("preset")
+            return preset(name, **{**d, **overrides})
+    return ModelConfig.from_dict({**d, **overrides})
+
+
+class AgriFMTask(L.LightningModule):
+    """Base task. Subclasses implement ``_step(batch) -> (loss, preds, target)``.
+
+    Args:
+        model: model config (ModelConfig, dict, preset name or {'preset': ..., ...}).
+        sources: {name: Source dict or registered name}: bands + normalisation that travel with the checkpoint.
+        class_names: names of the output classes (their count sets ``num_classes``).
+        lr, weight_decay, warmup_steps, min_lr: AdamW + linear warm-up + cosine (published: 6e-5, 5e-4, 1000, 1e-6).
+        init_checkpoint: published (.pth/.safetensors) or our checkpoint to start from.
+        freeze_stages: backbone stages (0-based, plus 'embed') kept frozen.
+        ignore_index: label value that never counts.
+    """
+
+    def __init__(
+        self,
+        model: Any = "small",
+        sources: Mapping[str, Any] | Sequence[str] | None = None,
+        class_names: Sequence[str] = ("other", "cropland"),
+        class_colors: Sequence[Sequence[int]] | None = None,
+        lr: float = 6e-5,
+        weight_decay: float = 5e-4,
+        warmup_steps: int = 1000,
+        min_lr: float = 1e-6,
+        init_checkpoint: str | None = None,
+        freeze_stages: Sequence[int | str] = (),
+        ignore_index: int = -1,
+        label_smoothing: float = 0.0,
+        frames: int | None = None,
+        task_name: str = "segmentation",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        srcs = self._resolve_sources(sources)
+        self.sources_meta: dict[str, Source] = srcs
+        cfg = resolve_model_config(model, sources={k: v.num_bands for k, v in srcs.items()}, **self._config_overrides(len(class_names)))
+        self.model: AgriFM = build_model(cfg)
+        if init_checkpoint:
+            self._init_from(init_checkpoint)
+        self._freeze(freeze_stages)
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        k = len(class_names)
+        self.val_metrics = classification_metrics(k, ignore_index, prefix="val_")
+        self.test_metrics = classification_metrics(k, ignore_index, prefix="test_")
+        self.last_val: dict[str, Any] = {}
+        self.last_test: dict[str, Any] = {}
+
+    # -- construction helpers -------------------------------------------------------------
+    @staticmethod
+    def _resolve_sources(sources: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Source]:
+        if sources is None:
+            sources = ["S2"]
+        if isinstance(sources, Mapping):
+            return {k: (v if isinstance(v, Source) else Source.from_dict({"name": k, **v}) if isinstance(v, Mapping) else get_source(v))
+                    for k, v in sources.items()}
+        return {name: get_source(name) for name in sources}
+
+    def _config_overrides(self, num_classes: int) -> dict[str, Any]:
+        return {"num_classes": num_classes}
+
+    def _init_from(self, path: str) -> None:
+        from pathlib import Path
+
+        p = Path(path)
+        if p.suffix == ".safetensors":
+            from agrifm.checkpoint import read_metadata
+
+            try:
+                read_metadata(p)
+                ours = True
+            except ValueError:
+                ours = False
+            if ours:
+                from safetensors.torch import load_file
+
+                state = load_file(str(p))
+                own = self.model.state_dict()
+                keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+                self.model.load_state_dict(keep, strict=False)
+                skipped = sorted(set(state) - set(keep))
+                if skipped:
+                    self.print(f"init from {p}: {len(keep)} tensors loaded, {len(skipped)} skipped (head/shape differ)")
+                return
+        from agrifm.compat import load_official_checkpoint
+
+        report = load_official_checkpoint(self.model, p, strict=False)
+        enc_missing = [k for k in report.missing if k.startswith("encoders.")]
+        if enc_missing:
+            raise ValueError(f"{p}: encoder weights missing for this model: {enc_missing[:5]}")
+        self.print(str(report))
+
+    def _freeze(self, stages: Sequence[int | str]) -> None:
+        for enc in self.model.encoders.values():
+            for s in stages:
+                mods = [enc.patch_emd] if s == "embed" else [enc.backbone.layers[int(s)]]
+                for m in mods:
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+
+    # -- training loop pieces ---------------------------------------------------------------
+    def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], dates: Mapping[str, torch.Tensor] | None = None, **kw) -> torch.Tensor:
+        return self.model(inputs, dates, **kw)
+
+    def _check_loss(self, loss: torch.Tensor, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if not torch.isfinite(loss):
+            ids = batch.get("id")
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step}, batch {batch_idx}"
+                                     + (f" (samples {list(ids)[:8]})" if ids is not None else ""))
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self._step(batch)
+        self._check_loss(loss, batch, batch_idx)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=self._batch_size(batch))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        loss, preds, target = self._step(batch)
+        self.val_metrics.update(preds, target)
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=self._batch_size(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics.confmat.update_count == 0:
+            return
+        self.last_val = summarize(self.val_metrics.compute(), self.class_names)
+        self.val_metrics.reset()
+        for k in ("oa", "mf1", "miou", "kappa"):
+            v = self.last_val.get(k)
+            if v is not None and v == v:
+                self.log(f"val_{k}", float(v), prog_bar=k in ("oa", "mf1"))
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        _, preds, target = self._step(batch)
+        self.test_metrics.update(preds, target)
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_metrics.confmat.update_count == 0:
+            return
+        self.last_test = summarize(self.test_metrics.compute(), self.class_names)
+        self.test_metrics.reset()
+        for k in ("oa", "mf1", "miou", "kappa"):
+            v = self.last_test.get(k)
+            if v is not None and v == v:
+                self.log(f"test_{k}", float(v))
+
+    @staticmethod
+    def _batch_size(batch: Mapping[str, Any]) -> int:
+        x = next(iter(batch["inputs"].values()))
+        return int(x.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 10_000
+        warm = min(hp.warmup_steps, max(1, total // 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, path: str, extra: Mapping[str, Any] | None = None) -> str:
+        """Write the fine-tuned model in our ``.safetensors`` format."""
+        colors = [tuple(c) for c in self.hparams.class_colors] if self.hparams.class_colors else None
+        return str(save_model(self.model, path, task=self.hparams.task_name, sources=self.sources_meta,
+                              class_names=self.class_names, class_colors=colors,
+                              frames=self.hparams.frames, extra=dict(extra or {})))
