@@ -172,12 +172,26 @@ class ModelPredictor:
         self.frames = meta.model.num_frames if meta.model.feature_fusion == "cat" else None
         self.task = meta.task
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        # The scene engine passes acquisition dates to predictors that use them.
+        self.uses_dates = bool(meta.model.date_encoding)
+        smoothing = meta.extra.get("smoothing") or {}
+        self.smoothing = float(smoothing.get("lambda", 0.0)) if smoothing.get("method") == "whittaker" else 0.0
 
     @torch.no_grad()
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, inputs: Mapping[str, torch.Tensor], dates: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``inputs`` normalised and gap-filled {src: (B, T, C, H, W)}; ``dates`` {src: (B, T) or (T,)} days."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        if self.smoothing > 0:  # the same smoother the training samples went through (linear: fine on z-scores)
+            from agrifm.data.smoothing import whittaker_torch
+
+            inputs = {k: whittaker_torch(v, self.smoothing, dim=1) for k, v in inputs.items()}
+        if dates is not None:
+            dates = {k: (d if d.ndim == 2 else d[None].expand(inputs[k].shape[0], -1)).to(self.device)
+                     for k, d in dates.items() if k in inputs}
+        elif self.uses_dates:
+            raise ValueError("this checkpoint encodes acquisition dates: pass dates={source: days since 1970-01-01}")
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(inputs)
+            logits = self.model(inputs, dates)
         logits = logits.float()
         if self.task == "boundary":  # channels: extent logits (K) then the boundary logit
             logits = logits[:, : len(self.class_names)]

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""AgriFM vs classic baselines on labelled pixel time series, same split, several seeds.
+
+    python benchmarks/accuracy.py --train TRAIN.csv --test TEST.csv [--seeds 3] [--json OUT]
+    python benchmarks/accuracy.py --train TABLE.csv --holdout 0.3 ...   (grouped split of one table)
+
+TABLE: long CSV/Parquet with ``sample_id``, ``label``, ``date`` and one numeric column per band
+(any names, any count, gaps allowed). Models: AgriFM (point classifier, trained in the
+variable-length mode), a Random Forest on the flattened series, and a TempCNN. Every figure is
+the mean over seeds with its standard deviation. Also prints AgriFM's early-season curve:
+held-out OA/mF1 with each series cut after 1/4, 1/2, 3/4 and all of its frames, from the same
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from agrifm.data.tables import grouped_split, read_table  # noqa: E402
+from agrifm.data.timeseries import fill_series  # noqa: E402
+from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
+from agrifm.tasks.pointfit import (  # noqa: E402
+    PointFitConfig, fit_point_classifier, predict_table, source_from_table, truncate_table,
+)
+
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def _scores(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, float]:
+    k = len(names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    m = metrics_from_confusion(cm, names)
+    return {"oa": m["oa"], "mf1": m["mf1"], "kappa": m["kappa"]}
+
+
+def _normalised(values: np.ndarray, dates: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    filled, _ = fill_series(values, dates)
+    z = (filled - mean) / std
+    return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+def _steps_epochs(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
+    per_epoch = max(1, n // batch)
+    return max(1, min(max_epochs, max_steps // per_epoch))
+
+
+def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool) -> dict:
+    from agrifm.models.baselines import RandomForestBaseline, TemporalCNN, predict_logits, train_torch_classifier
+
+    train = read_table(train_path)
+    if test_path:
+        test = read_table(test_path, bands=list(train.bands), class_names=train.class_names)
+        tr_idx, te_idx = np.arange(len(train)), None
+    else:
+        tr_idx, te_idx = grouped_split(train, holdout, seed=0)
+        test = train
+    te_idx = np.arange(len(test)) if te_idx is None else te_idx
+    # One frame grid for both sides (tables may differ in length): pad to the longer one.
+    t = max(train.values.shape[1], test.values.shape[1])
+
+    def pad(tab):
+        extra = t - tab.values.shape[1]
+        if extra == 0:
+            return tab
+        import dataclasses
+
+        v = np.concatenate([tab.values, np.full((len(tab), extra, tab.values.shape[2]), np.nan, np.float32)], 1)
+        d = np.concatenate([tab.dates, np.full((len(tab), extra), np.datetime64("NaT"), "datetime64[D]")], 1)
+        return dataclasses.replace(tab, values=v, dates=d)
+
+    train, test = pad(train), pad(test)
+    names = train.class_names
+    y_tr, y_te = train.labels[tr_idx], test.labels[te_idx]
+    source = source_from_table(train, tr_idx, "table")
+    mean, std = np.asarray(source.mean, np.float32), np.asarray(source.std, np.float32)
+    x_tr = _normalised(train.values[tr_idx], train.dates[tr_idx], mean, std)
+    x_te = _normalised(test.values[te_idx], test.dates[te_idx], mean, std)
+    print(f"train {train_path}: {len(tr_idx)} series; test {test_path or f'grouped hold-out {holdout:.0%}'}: "
+          f"{len(te_idx)} series; {len(names)} classes; bands {list(train.bands)}; {t} dates", flush=True)
+
+    results: dict[str, list[dict]] = {"agrifm": [], "random_forest": [], "temporal_cnn": []}
+    curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
+    for seed in range(seeds):
+        t0 = time.time()
+        cfg = PointFitConfig(seed=seed, progress=not quiet, random_truncation=0.5)
+        cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, agrifm_steps, 200)
+        task = fit_point_classifier(train, tr_idx, source, cfg)
+        for f in FRACTIONS:
+            probs = predict_table(task, truncate_table(test, f), te_idx, source)
+            curve[f].append(_scores(y_te, probs.argmax(1), names))
+        results["agrifm"].append(curve[1.0][-1])
+        t1 = time.time()
+        rf = RandomForestBaseline(n_estimators=300, seed=seed).fit(x_tr, y_tr)
+        results["random_forest"].append(_scores(y_te, rf.predict(x_te), names))
+        t2 = time.time()
+        torch.manual_seed(seed)
+        cnn = TemporalCNN(x_tr.shape[-1], len(names))
+        epochs = _steps_epochs(len(tr_idx), 64, 3000, 60)
+        train_torch_classifier(cnn, x_tr, y_tr, epochs=epochs, batch_size=64, lr=1e-3, weight_decay=1e-4,
+                               seed=seed, augment_noise=0.03, progress=not quiet)
+        results["temporal_cnn"].append(_scores(y_te, predict_logits(cnn, x_te).argmax(1).numpy(), names))
+        t3 = time.time()
+        print(f"seed {seed}: AgriFM OA {results['agrifm'][-1]['oa']:.4f} ({t1 - t0:.0f}s), "
+              f"RF {results['random_forest'][-1]['oa']:.4f} ({t2 - t1:.0f}s), "
+              f"TempCNN {results['temporal_cnn'][-1]['oa']:.4f} ({t3 - t2:.0f}s)", flush=True)
+
+    def agg(rows: list[dict]) -> dict:
+        out = {}
+        for k in ("oa", "mf1", "kappa"):
+            v = np.array([r[k] for r in rows], dtype=np.float64)
+            out[k], out[f"{k}_std"] = float(np.nanmean(v)), float(np.nanstd(v))
+        out["n_test"] = int(len(te_idx))
+        out["seeds"] = len(rows)
+        return out
+
+    summary = {name: agg(rows) for name, rows in results.items()}
+    summary["early_season"] = {f"{f:g}": agg(rows) for f, rows in curve.items()}
+    summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
+                        "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
+                        "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d")}
+    return summary
+
+
+def print_table(s: dict) -> None:
+    print(f"\n{'model':<14} {'OA':>16} {'mF1':>16} {'kappa':>16}   (mean ± std over {s['agrifm']['seeds']} seeds, n_test={s['agrifm']['n_test']})")
+    for name in ("agrifm", "random_forest", "temporal_cnn"):
+        r = s[name]
+        print(f"{name:<14} {r['oa']:.4f} ± {r['oa_std']:.4f}  {r['mf1']:.4f} ± {r['mf1_std']:.4f}  {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
+    print("\nAgriFM early season (one model, variable-length mode):")
+    for f, r in s["early_season"].items():
+        print(f"  first {float(f):>4.0%} of frames: OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="training table (long CSV/Parquet)")
+    ap.add_argument("--test", default=None, help="held-out table; without it a grouped hold-out of --train is used")
+    ap.add_argument("--holdout", type=float, default=0.3, help="grouped hold-out fraction when --test is absent")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--agrifm-steps", type=int, default=2400, help="training steps budget for AgriFM per seed")
+    ap.add_argument("--json", default=None, help="write the summary here")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet)
+    print_table(s)
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

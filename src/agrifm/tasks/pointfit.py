@@ -1,0 +1,159 @@
+"""Fit and apply point (pixel time-series) classifiers on in-memory tables.
+
+Shared by ``agrifm demo`` and ``benchmarks/accuracy.py``: one Lightning training path for
+the AgriFM point model, with the table's own normalisation statistics, optional Whittaker
+smoothing (so smoothed sample libraries and raw scenes meet in one domain) and the
+variable-length mode (random season cut-offs while training, for early-season use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from agrifm.data.tables import SeriesTable
+from agrifm.data.timeseries import fill_series
+from agrifm.sensors import Source
+
+__all__ = ["PointFitConfig", "smooth_table", "source_from_table", "fit_point_classifier", "predict_table", "truncate_table"]
+
+
+@dataclass
+class PointFitConfig:
+    """Training settings for the point model (defaults tuned for ~1-6k series on 2 CPU cores)."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {
+        "preset": "point-small", "embed_dim": 32, "depths": [2, 2, 2], "num_heads": [2, 4, 8],
+        "feature_fusion": "attention", "date_encoding": True, "head_dropout": 0.2})
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    label_smoothing: float = 0.1
+    input_noise: float = 0.03
+    random_truncation: float = 0.0  # probability that a training batch is cut at a random season fraction
+    min_fraction: float = 0.25
+    seed: int = 0
+    progress: bool = True
+    num_threads: int | None = None
+
+
+def smooth_table(table: SeriesTable, lam: float) -> SeriesTable:
+    """Gap-fill then Whittaker-smooth every series over its own length (equal spacing assumed)."""
+    from agrifm.data.smoothing import whittaker
+
+    values, _ = fill_series(table.values, table.dates)
+    values = values.astype(np.float32)
+    if lam > 0:
+        for n in np.unique(table.lengths):
+            rows = np.flatnonzero(table.lengths == n)
+            part = values[rows, :n]
+            ok = np.isfinite(part).all(axis=(1, 2))  # series with a band never observed stay as they are
+            part[ok] = whittaker(part[ok], lam, axis=1)
+            values[rows, :n] = part
+    return dataclasses.replace(table, values=values)
+
+
+def source_from_table(table: SeriesTable, index: np.ndarray, name: str, *, bands: Sequence[str] | None = None,
+                      resolution_m: float = 0.0, units: str = "as in the table", base: Source | None = None) -> Source:
+    """A source whose normalisation statistics come from the training rows only."""
+    bands = list(bands or table.bands)
+    cols = [table.bands.index(b) for b in bands]
+    x = table.values[np.asarray(index)][..., cols].reshape(-1, len(cols))
+    mean = np.nanmean(x, axis=0)
+    std = np.maximum(np.nanstd(x, axis=0), 1e-6)
+    if base is not None:
+        return base.with_stats(mean.tolist(), std.tolist())
+    return Source(name=name, bands=tuple(bands), resolution_m=resolution_m, units=units,
+                  mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+
+class _Truncate:
+    """Variable-length mode: cut a training batch's series at a random fraction of its season."""
+
+    def __init__(self, p: float, min_fraction: float, seed: int) -> None:
+        self.p, self.min_fraction = p, min_fraction
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.p <= 0 or self.rng.random() >= self.p:
+            return batch
+        t = next(iter(batch["inputs"].values())).shape[1]
+        k = int(self.rng.integers(max(1, int(np.ceil(self.min_fraction * t))), t + 1))
+        batch = dict(batch)
+        batch["inputs"] = {s: x[:, :k] for s, x in batch["inputs"].items()}
+        batch["dates"] = {s: d[:, :k] for s, d in batch["dates"].items()}
+        return batch
+
+
+def _loader(table: SeriesTable, source: Source, index: np.ndarray, *, train: bool, batch_size: int, seed: int,
+            truncate: _Truncate | None = None):
+    from torch.utils.data import DataLoader
+
+    from agrifm.data.datasets import TableDataset, collate
+
+    lengths = table.lengths[np.asarray(index)]
+    # Series of unequal length (gaps as missing rows) are brought to the longest by repeating frames.
+    frames = None if len(lengths) == 0 or (lengths == lengths[0]).all() else int(lengths.max())
+    ds = TableDataset(table, source, index, train=train, seed=seed, frames=frames)
+    fn = (lambda items: truncate(collate(items))) if truncate is not None else collate
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=train, collate_fn=fn, drop_last=train and len(ds) > batch_size,
+                      generator=g)
+
+
+def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: Source, cfg: PointFitConfig,
+                         *, val_index: np.ndarray | None = None, class_colors: Sequence[Sequence[int]] | None = None,
+                         default_root_dir: str | None = None):
+    """Train the AgriFM point classifier; returns the fitted :class:`ClassificationTask`."""
+    import lightning as L
+
+    from agrifm.tasks.classification import ClassificationTask
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = ClassificationTask(
+        model=dict(cfg.model), sources={source.name: source}, class_names=table.class_names,
+        class_colors=[list(c) for c in class_colors] if class_colors else None,
+        lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, min_lr=cfg.lr * 0.01,
+        label_smoothing=cfg.label_smoothing, input_noise=cfg.input_noise,
+    )
+    train = _loader(table, source, train_index, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
+                    truncate=_Truncate(cfg.random_truncation, cfg.min_fraction, cfg.seed))
+    val = _loader(table, source, val_index, train=False, batch_size=256, seed=cfg.seed) if val_index is not None else None
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=cfg.progress, enable_model_summary=False, deterministic=False,
+        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4), default_root_dir=default_root_dir,
+        precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*number of training batches.*")
+        trainer.fit(task, train, val)
+    return task.eval()
+
+
+def truncate_table(table: SeriesTable, fraction: float) -> SeriesTable:
+    """Keep the first ceil(fraction·T) frames of every series (early season)."""
+    t = table.values.shape[1]
+    k = max(1, int(np.ceil(fraction * t)))
+    return dataclasses.replace(table, values=table.values[:, :k], dates=table.dates[:, :k],
+                               lengths=np.minimum(table.lengths, k))
+
+
+@torch.no_grad()
+def predict_table(task, table: SeriesTable, index: np.ndarray, source: Source, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, K) for the rows ``index``."""
+    task.eval()
+    out = []
+    for batch in _loader(table, source, np.asarray(index), train=False, batch_size=batch_size, seed=0):
+        out.append(task.model(batch["inputs"], batch["dates"]).softmax(1))
+    return torch.cat(out).numpy()
