@@ -88,7 +88,10 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
     out.mkdir(parents=True, exist_ok=True)
     cube = open_stack(data / CUBE)
     bands = list(cube.bands)
-    print(f"[1/4] cube {data / CUBE}: {len(cube.dates)} dates x bands {bands}, {cube.height} x {cube.width} px ({cube.crs})")
+    from agrifm.predict.quicklook import short_crs_name
+
+    crs = f"EPSG:{cube.crs.to_epsg()}" if cube.crs.to_epsg() else short_crs_name(cube.crs)
+    print(f"[1/4] cube {data / CUBE}: {len(cube.dates)} dates x bands {bands}, {cube.height} x {cube.width} px ({crs})")
     table = read_table(data / SAMPLES, bands=bands)
     table = smooth_table(table, smoothing)
     train_idx, test_idx = grouped_split(table, holdout, seed=seed)

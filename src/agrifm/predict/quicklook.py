@@ -48,7 +48,7 @@ def _geometry(info: dict) -> str:
     if crs is None:
         return f"{height} x {width} px"
     unit = "m" if crs.is_projected and crs.linear_units in ("metre", "meter") else crs.linear_units or ""
-    name = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_string()[:40]
+    name = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else short_crs_name(crs)
     return f"{height} x {width} px, {info['res'][0]:g} {unit}, {name}".replace(" , ", ", ")
 
 
@@ -123,3 +123,14 @@ def write_quicklook(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return png
+
+
+def short_crs_name(crs) -> str:
+    """A readable name for a CRS without an EPSG code (e.g. the MODIS sinusoidal sphere)."""
+    wkt = crs.to_wkt()
+    import re
+
+    m = re.search(r'PROJECTION\["([^"]+)"', wkt) or re.search(r'METHOD\["([^"]+)"', wkt)
+    if m:
+        return m.group(1).replace("_", " ")
+    return crs.to_string()[:40]

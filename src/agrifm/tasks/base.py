@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from agrifm.checkpoint import save_model
@@ -128,7 +129,7 @@ class AgriFMTask(L.LightningModule):
                 self.model.load_state_dict(keep, strict=False)
                 skipped = sorted(set(state) - set(keep))
                 if skipped:
-                    self.print(f"init from {p}: {len(keep)} tensors loaded, {len(skipped)} skipped (head/shape differ)")
+                    rank_zero_info(f"init from {p}: {len(keep)} tensors loaded, {len(skipped)} skipped (head/shape differ)")
                 return
         from agrifm.compat import load_official_checkpoint
 
@@ -136,7 +137,7 @@ class AgriFMTask(L.LightningModule):
         enc_missing = [k for k in report.missing if k.startswith("encoders.")]
         if enc_missing:
             raise ValueError(f"{p}: encoder weights missing for this model: {enc_missing[:5]}")
-        self.print(str(report))
+        rank_zero_info(f"init from {p}: {report}")  # self.print needs a Trainer; __init__ has none
 
     def _freeze(self, stages: Sequence[int | str]) -> None:
         for enc in self.model.encoders.values():
@@ -207,7 +208,7 @@ class AgriFMTask(L.LightningModule):
                 continue
             (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 10_000
+        total = int(self._trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
         warm = min(hp.warmup_steps, max(1, total // 10))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))

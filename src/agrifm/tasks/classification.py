@@ -19,12 +19,10 @@ __all__ = ["ClassificationTask"]
 class ClassificationTask(AgriFMTask):
     """Batch: ``inputs`` {src: (B, T, C, H, W)}, ``dates`` {src: (B, T)}, ``label`` (B,), optional ``weights`` (B, H, W)."""
 
-    def __init__(self, *args: Any, input_noise: float = 0.0, frame_dropout: float = 0.0, **kwargs: Any) -> None:
-        kwargs.setdefault("task_name", "classification")
-        kwargs.setdefault("model", "point-small")
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: Any = "point-small", *args: Any, input_noise: float = 0.0,
+                 task_name: str = "classification", **kwargs: Any) -> None:
+        super().__init__(model, *args, task_name=task_name, **kwargs)
         self.input_noise = input_noise
-        self.frame_dropout = frame_dropout
 
     def _config_overrides(self, num_classes: int) -> dict[str, Any]:
         return {"num_classes": num_classes, "head": "classification"}

@@ -118,6 +118,10 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = ClassificationTask(
         model=dict(cfg.model), sources={source.name: source}, class_names=table.class_names,
@@ -137,6 +141,8 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
+        warnings.filterwarnings("ignore", ".*val_dataloader.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer.fit(task, train, val)
     return task.eval()
 

@@ -1,0 +1,107 @@
+"""The README's main job on real data (short training), and the scene map it makes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DATA, ROOT, need
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    need(DATA / "mato_grosso_modis")
+    from agrifm.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    metrics = run_demo(DATA, out, epochs=1, progress=False)
+    return out, metrics
+
+
+def test_demo_leaves_the_promised_outputs(demo_out):
+    out, metrics = demo_out
+    for name in ("model.safetensors", "metrics.json", "crop_map.tif", "crop_map.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("oa", "mf1", "kappa", "per_class_f1", "points_agreement"):
+        assert key in saved
+    assert 0.0 <= saved["oa"] <= 1.0 and 0.0 <= saved["points_agreement"] <= 1.0
+    assert len(saved["per_class_f1"]) == 9 and saved["n_test"] > 100
+    assert saved["oa"] == metrics["oa"]
+
+
+def test_demo_checkpoint_describes_itself(demo_out):
+    from agrifm import load_model
+
+    model = load_model(demo_out[0] / "model.safetensors")
+    src = model.meta.sources["MOD13Q1"]
+    assert set(src.bands) == {"NDVI", "EVI"} and model.meta.task == "classification"
+    assert len(model.meta.class_names) == 9 and model.meta.extra["smoothing"]["method"] == "whittaker"
+
+
+def test_demo_map_is_a_valid_cog_on_the_cube_grid(demo_out):
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    out = demo_out[0]
+    valid, errors, _ = cog_validate(str(out / "crop_map.tif"))
+    assert valid, errors
+    cube = sorted((DATA / "mato_grosso_modis" / "sinop_cube").glob("*.tif"))[0]
+    with rasterio.open(out / "crop_map.tif") as m, rasterio.open(cube) as c:
+        assert m.crs == c.crs and m.transform == c.transform and (m.width, m.height) == (c.width, c.height)
+        arr = m.read(1)
+        assert m.nodata == 255 and arr.max() < 9
+
+
+def test_predict_cli_reproduces_the_demo_map(demo_out, tmp_path):
+    import rasterio
+
+    out = demo_out[0]
+    target = tmp_path / "again.tif"
+    r = subprocess.run([sys.executable, "-m", "agrifm.cli", "predict", "--checkpoint", str(out / "model.safetensors"),
+                        "--source", f"MOD13Q1={DATA / 'mato_grosso_modis' / 'sinop_cube'}", "--out", str(target),
+                        "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with rasterio.open(out / "crop_map.tif") as a, rasterio.open(target) as b:
+        assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_demo_without_data_says_where_to_get_it(tmp_path, capsys):
+    from agrifm.demo import main
+
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "e-sensing/inSitu @ 772e0dda670d" in err and "e-sensing/sits @ 811fa6ce5c46" in err
+
+
+def test_accuracy_benchmark_json_contract(tmp_path):
+    import pandas as pd
+
+    csv = need(DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+    df = pd.read_csv(csv)
+    keep = df["sample_id"].drop_duplicates().sample(240, random_state=0)
+    small = df[df["sample_id"].isin(keep)].drop(columns=["longitude", "latitude"])
+    small = small.drop(index=small.sample(frac=0.03, random_state=1).index)  # gaps: missing dates per sample
+    small.loc[small.sample(frac=0.02, random_state=2).index, "NDVI"] = np.nan  # and empty cells
+    ids = small["sample_id"].unique()
+    train, test = tmp_path / "train.csv", tmp_path / "test.parquet"
+    small[small["sample_id"].isin(ids[:180])].to_csv(train, index=False)
+    te = small[small["sample_id"].isin(ids[180:])]
+    te = te[te["label"].isin(small[small["sample_id"].isin(ids[:180])]["label"].unique())]
+    te.to_parquet(test, index=False)
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(train), "--test", str(test),
+                        "--seeds", "1", "--agrifm-steps", "10", "--json", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(out.read_text())
+    for model in ("agrifm", "random_forest", "temporal_cnn"):
+        for key in ("oa", "mf1", "kappa", "oa_std", "mf1_std", "n_test"):
+            assert key in s[model], (model, key)
+        assert 0.0 <= s[model]["oa"] <= 1.0
+    assert set(s["early_season"]) == {"0.25", "0.5", "0.75", "1"}
+    assert "early season" in r.stdout
