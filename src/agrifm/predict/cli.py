@@ -21,16 +21,28 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser", "parse_sources", "parse_band_maps"]
 
 
-def parse_sources(items: Sequence[str]) -> dict[str, str]:
-    """``['S2=path', ...]`` -> ``{'S2': 'path'}``; a name given twice is an error."""
-    out: dict[str, str] = {}
+def parse_sources(items: Sequence[str]) -> dict[str, str | list[str]]:
+    """``['S2=path', ...]`` -> ``{'S2': 'path'}``; a name given twice is an error.
+
+    PATH may be a glob pattern (``'S2=cube/S2_2021-*.tif'``) to pick some files of a folder,
+    e.g. the months of one season.
+    """
+    import glob
+
+    out: dict[str, str | list[str]] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--source expects NAME=PATH, got {item!r}")
         if name in out:
             raise ValueError(f"--source {name} given twice ({out[name]!r} and {path!r})")
-        out[name] = path
+        if any(ch in path for ch in "*?["):
+            files = sorted(glob.glob(path))
+            if not files:
+                raise ValueError(f"--source {name}: no file matches {path!r}")
+            out[name] = files
+        else:
+            out[name] = path
     return out
 
 
@@ -54,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="fine-tuned agrifm checkpoint")
     p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
-                   help="a source stack (folder or file of GeoTIFFs); repeat for each source")
+                   help="a source stack (folder, file, or glob pattern of GeoTIFFs); repeat for each source")
     p.add_argument("--out", required=True, help="output class map (.tif); sidecars are named after it")
     p.add_argument("--probabilities", action="store_true",
                    help="also write MAP_probs.tif (K bands, value/254) and MAP_confidence.tif (percent)")
