@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--agrifm-steps", type=int, default=2400, help="training steps budget for AgriFM per seed")
     ap.add_argument("--json", default=None, help="write the summary here")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)  # small models: 1 thread avoids OpenMP stalls on busy machines
     s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet)
     print_table(s)
     if args.json:

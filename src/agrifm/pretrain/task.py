@@ -1,0 +1,477 @@
+"""Lightning pieces of pre-training: the task, the source-mixing training stream, validation batches.
+
+* :class:`PretrainTask` - L1 to the land-cover fractions on valid cells, an EMA *mean teacher*
+  whose predictions are blended into the targets, AdamW + warm-up cosine, FSDP2 sharding hook.
+* :class:`SourceMixer` - endless training batches, one source per batch, the source of batch
+  ``i`` drawn from a generator seeded by ``(seed, i)`` so every rank picks the same source at
+  the same step (the shared backbone then sees the same graph on all ranks). Each source's
+  :class:`~agrifm.pretrain.shards.ShardDataset` starts a new epoch (``set_epoch``) when its pass
+  ends; positions are resumable (:class:`StreamState` puts every rank's state in the checkpoint).
+* :class:`ValidationBatches` - every rank reads the validation set, keeps every world-th batch
+  and pads with zero-weight batches, so all ranks run the same number of forward passes (DDP
+  and FSDP2 need that) and each sample counts exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from agrifm.data.timeseries import prepare_source
+from agrifm.models.config import ModelConfig
+from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
+from agrifm.pretrain.shards import ShardDataset, atomic_write_text
+from agrifm.sensors import Source
+from agrifm.tasks.base import warmup_cosine
+
+__all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "PrepareSample", "MetricsLog",
+           "predict_fractions", "shard_dataset", "rank_world", "gather_objects"]
+
+Batch = dict[str, Any]
+
+
+def rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+class PrepareSample:
+    """ShardDataset transform: gap-fill and normalise ``x`` (agrifm.data.timeseries), keep tensors only.
+
+    It also attaches ``_skips`` = (short, corrupt) samples the dataset skipped since the previous
+    sample: the dataset's counters live in whichever process iterates (a DataLoader worker), so
+    this is how the main process gets the counts. Set ``dataset`` after building the dataset.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.dataset: ShardDataset | None = None
+        self._seen = (0, 0)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        dates = sample["dates"].numpy().astype("datetime64[D]")
+        x, _ = prepare_source(sample["x"].numpy(), sample["valid"].numpy(), self.source, dates=dates)
+        stats = self.dataset.stats if self.dataset is not None else {}
+        now = (stats.get("short", 0), stats.get("corrupt", 0))
+        skips = torch.tensor([now[0] - self._seen[0], now[1] - self._seen[1]])
+        self._seen = now
+        return {"x": x, "dates": sample["dates"], "fractions": sample["fractions"],
+                "frac_valid": sample["frac_valid"], "_skips": skips}
+
+
+def shard_dataset(dirs: Any, source: Source, frames: int, *, train: bool = False, shuffle_buffer: int = 1000,
+                  seed: int = 0) -> ShardDataset:
+    """Model-ready samples of one source's shards (``frames`` drawn per series, shorter ones skipped).
+
+    Training sets are split over ranks and shuffled; evaluation sets (``train=False``) are read
+    whole by every rank in a fixed order (see :class:`ValidationBatches`).
+    """
+    prep = PrepareSample(source)
+    kw: dict[str, Any] = (dict(shuffle_buffer=shuffle_buffer, seed=seed) if train
+                          else dict(shuffle_buffer=0, seed=0, rank=0, world_size=1))
+    ds = ShardDataset(dirs, frames=frames, min_frames=frames, transform=prep, **kw)
+    prep.dataset = ds
+    return ds
+
+
+def _loader(dataset: ShardDataset, batch_size: int, num_workers: int, drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate,
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+class _SourceStream:
+    """Batches of one source across epochs; ``next()`` -> (epoch, batch)."""
+
+    def __init__(self, name: str, dataset: ShardDataset, batch_size: int, num_workers: int) -> None:
+        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
+        self._it: Iterator[Batch] | None = None
+
+    def _pass(self) -> Iterator[Batch]:
+        # Iterate a shallow copy: a dataset iterated in this process (num_workers=0) counts what it
+        # *yields* as consumed, which would include batches Lightning prefetched but never trained
+        # on. The copy keeps that count to itself; ``mark_consumed`` records what was trained.
+        return iter(_loader(copy.copy(self.dataset), self.batch_size, self.num_workers, drop_last=True))
+
+    def restart(self) -> None:
+        """Drop a running iterator (and its prefetched batches); the next pass resumes after the consumed ones."""
+        self._it = None
+        self.dataset.load_state_dict(self.dataset.state_dict())
+
+    def close(self) -> None:
+        """Stop the DataLoader workers now (in this process), not whenever garbage collection runs."""
+        self._it = None
+
+    def next(self) -> tuple[int, Batch]:
+        for fresh in (False, True):
+            if self._it is None:
+                self._it = self._pass()
+            try:
+                return self.dataset.epoch, next(self._it)
+            except StopIteration:
+                self._it = None
+                if fresh:
+                    break
+                self.dataset.set_epoch(self.dataset.epoch + 1)
+        rank, world = self.dataset.rank_world()
+        raise RuntimeError(
+            f"source {self.name!r}: rank {rank}/{world} got no full batch of {self.batch_size} in a whole epoch "
+            f"({self.dataset.num_samples} samples in {len(self.dataset.shards)} shards, stats {self.dataset.stats}); "
+            "use a smaller --batch-size, fewer processes, or more/smaller shards"
+        )
+
+
+class SourceMixer(IterableDataset):
+    """Endless training batches mixing sources across steps (see the module docstring).
+
+    Sources are drawn in proportion to their sample counts, so every source's epoch takes about
+    as long. Batches carry ``source``, ``_epoch`` and ``_index`` so :meth:`mark_consumed` can keep
+    a resumable position that ignores batches prefetched but not trained on.
+    """
+
+    def __init__(self, datasets: Mapping[str, ShardDataset], batch_size: int, *, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if not datasets:
+            raise ValueError("no training sources")
+        self.streams = {n: _SourceStream(n, ds, batch_size, num_workers) for n, ds in datasets.items()}
+        counts = np.array([ds.num_samples for ds in datasets.values()], dtype=np.float64)
+        self.weights = counts / counts.sum()
+        self.seed = seed
+        self.index = 0  # next batch index to train on
+        self.samples = dict.fromkeys(self.streams, 0)
+        self.skips = {n: {"short": 0, "corrupt": 0} for n in self.streams}
+
+    def source_of(self, i: int) -> str:
+        names = list(self.streams)
+        if len(names) == 1:
+            return names[0]
+        return names[int(np.random.default_rng([self.seed, i]).choice(len(names), p=self.weights))]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for s in self.streams.values():
+            s.restart()
+        i = self.index
+        while True:
+            name = self.source_of(i)
+            epoch, batch = self.streams[name].next()
+            yield {**batch, "source": name, "_epoch": epoch, "_index": i}
+            i += 1
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+    def mark_consumed(self, batch: Batch) -> None:
+        """Record a batch as trained on (call after its step)."""
+        name = batch["source"]
+        ds = self.streams[name].dataset
+        if int(batch["_epoch"]) == ds.epoch:  # a batch of an epoch already left behind needs no record
+            ds.mark_consumed({"_pos": batch["_pos"].cpu()})
+        self.index = int(batch["_index"]) + 1
+        short, corrupt = (int(v) for v in batch["_skips"].sum(0).tolist())
+        self.samples[name] += int(batch["_pos"].shape[0])
+        self.skips[name]["short"] += short
+        self.skips[name]["corrupt"] += corrupt
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "samples": dict(self.samples), "skips": copy.deepcopy(self.skips),
+                "sources": {n: s.dataset.state_dict() for n, s in self.streams.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state["sources"]) != set(self.streams):
+            raise ValueError(f"resume state has sources {sorted(state['sources'])}, this run {sorted(self.streams)}")
+        self.index = int(state["index"])
+        self.samples = dict(state["samples"])
+        self.skips = copy.deepcopy(state["skips"])
+        for n, s in self.streams.items():
+            s.dataset.load_state_dict(state["sources"][n])
+
+
+class ValidationBatches(IterableDataset):
+    """Rank-balanced validation batches (see the module docstring); datasets must be built with rank=0, world_size=1."""
+
+    def __init__(self, datasets: Mapping[str, ShardDataset], batch_size: int, *, num_workers: int = 0) -> None:
+        super().__init__()
+        self.datasets, self.batch_size, self.num_workers = dict(datasets), batch_size, num_workers
+
+    def __iter__(self) -> Iterator[Batch]:
+        rank, world = rank_world()
+        for name, ds in self.datasets.items():
+            mine, total, last = 0, 0, None
+            for j, batch in enumerate(_loader(ds, self.batch_size, self.num_workers, drop_last=False)):
+                total, last = j + 1, batch
+                if j % world == rank:
+                    mine += 1
+                    yield {**batch, "source": name, "_weight": 1.0}
+            for _ in range(math.ceil(total / world) - mine):
+                yield {**last, "source": name, "_weight": 0.0}
+
+
+def predict_fractions(model: PretrainModel, batch: Batch) -> torch.Tensor:
+    """The model's fractions on the batch's cell grid."""
+    return model(batch["source"], batch["x"], batch["dates"], tuple(batch["fractions"].shape[-2:]))
+
+
+class StreamState(L.Callback):
+    """Marks trained batches consumed; saves every rank's stream position in the checkpoint.
+
+    Runs before ModelCheckpoint (Lightning orders checkpoint callbacks last), so a checkpoint
+    written at a step includes that step's batches.
+    """
+
+    def __init__(self, mixer: SourceMixer) -> None:
+        self.mixer = mixer
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.mixer.mark_consumed(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ranks": gather_objects(self.mixer.state_dict())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rank, world = rank_world()
+        ranks = state_dict["ranks"]
+        if len(ranks) != world:
+            raise ValueError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
+                             "resume with the same number of processes (the shard assignment depends on it)")
+        self.mixer.load_state_dict(ranks[rank])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics file
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.csv`` (step, loss, val_loss), kept in memory, rewritten atomically at most every ``every_s``."""
+
+    COLUMNS = ("step", "loss", "val_loss")
+
+    def __init__(self, path: str | Path, every_s: float = 30.0) -> None:
+        self.path, self.every_s = Path(path), every_s
+        self.rows: dict[int, dict[str, float]] = {}
+        self._last = 0.0
+
+    def resume(self, step: int) -> None:
+        """Keep the rows of an earlier run up to ``step`` (later ones are about to be redone)."""
+        self.rows = {}
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                for r in csv.DictReader(f):
+                    if int(r["step"]) <= step:
+                        self.rows[int(r["step"])] = {k: float(v) for k, v in r.items() if k != "step" and v != ""}
+
+    def add(self, step: int, **values: float) -> None:
+        self.rows.setdefault(step, {}).update(values)
+        if time.monotonic() - self._last > self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.COLUMNS)
+        for step in sorted(self.rows):
+            r = self.rows[step]
+            w.writerow([step] + [f"{r[c]:.6f}" if c in r else "" for c in self.COLUMNS[1:]])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, buf.getvalue())
+        self._last = time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------
+# Task
+# ---------------------------------------------------------------------------------------------
+
+
+class PretrainTask(L.LightningModule):
+    """Land-cover-fraction pre-training of :class:`~agrifm.pretrain.model.PretrainModel`.
+
+    Targets: ``(1 - w) * product + w * teacher`` where the teacher is an EMA of the student
+    (``ema_momentum``) and ``w`` ramps linearly from 0 to ``teacher_weight`` over
+    ``teacher_warmup`` optimiser steps (the product's fractions are noisy and coarse; the
+    teacher's smoother predictions regularise them once it has learned something). The loss is
+    normalised by the *global* number of valid cells of the step's batch (all ranks), so a run
+    on N processes computes the same gradient as one process with the same global batch.
+    ``ce_weight`` adds a soft cross-entropy term (0: L1 only, the published loss); the logged
+    ``loss`` is the L1 part either way.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 1000,
+        min_lr: float = 1e-6,
+        ema_momentum: float = 0.999,
+        teacher_weight: float = 0.2,
+        teacher_warmup: int = 1000,
+        ce_weight: float = 0.0,
+        checkpointing: bool = False,
+        log_every: int = 10,
+        metrics_csv: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= ema_momentum <= 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+        if not 0.0 <= teacher_weight <= 1.0:
+            raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+        self.save_hyperparameters()
+        self.model = PretrainModel(ModelConfig.from_dict(dict(model)))
+        self.model.set_checkpointing(checkpointing)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.metrics = MetricsLog(metrics_csv) if metrics_csv else None
+        self._acc: torch.Tensor | None = None  # global (L1 sum, cells) since the last metrics row
+        self._val: torch.Tensor | None = None
+        self._row_step = -1
+        self.last_loss = float("nan")
+        self.last_val_loss = float("nan")
+
+    # -- modes and sharding -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "PretrainTask":
+        super().train(mode)
+        self.teacher.eval()  # no drop-path in the teacher
+        return self
+
+    def configure_model(self) -> None:
+        """FSDP2 (ModelParallelStrategy): shard every backbone block, then the rest, of student and teacher."""
+        if self._device_mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for m in (self.model, self.teacher):
+            for layer in m.backbone.layers:
+                for block in layer.blocks:
+                    fully_shard(block, mesh=mesh)
+            fully_shard(m, mesh=mesh)
+        self._sharded = True
+
+    # -- steps ------------------------------------------------------------------------------------
+    def teacher_weight_at(self, step: int) -> float:
+        hp = self.hparams
+        if hp.teacher_weight <= 0:
+            return 0.0
+        return hp.teacher_weight * (min(1.0, step / hp.teacher_warmup) if hp.teacher_warmup > 0 else 1.0)
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Bookkeeping entries (``_pos``, ``_skips``...) stay on the CPU: reading them back would sync the GPU."""
+        meta = {k: v for k, v in batch.items() if k.startswith("_")}
+        rest = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in meta}, device, dataloader_idx)
+        return {**rest, **meta}
+
+    def _global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t.detach().clone(), reduce_op="sum")
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        pred = predict_fractions(self.model, batch)
+        target = batch["fractions"]
+        w = self.teacher_weight_at(self.global_step)
+        if w > 0:
+            with torch.no_grad():
+                target = (1.0 - w) * target + w * predict_fractions(self.teacher, batch).float()
+        l1, cells = fraction_l1(pred, target, batch["frac_valid"])
+        objective = l1
+        if self.hparams.ce_weight > 0:
+            objective = l1 + self.hparams.ce_weight * fraction_ce(pred, target, batch["frac_valid"])
+        total = self._global_sum(torch.stack([l1, cells]))
+        loss = objective * self.trainer.world_size / total[1].clamp_min(1.0)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step} (source {batch['source']!r})")
+        self._acc = total if self._acc is None else self._acc + total
+        self.log("loss", total[0] / total[1].clamp_min(1.0), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=int(batch["x"].shape[0]))
+        self.log("w", w, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if hasattr(self.teacher, "reshard"):  # FSDP2 keeps a root's parameters gathered after a forward without backward
+            self.teacher.reshard()
+        ema_update(self.teacher, self.model, self.hparams.ema_momentum)
+
+    def on_train_start(self) -> None:
+        if self.metrics is not None and self.trainer.is_global_zero:
+            self.metrics.resume(self.global_step)
+        self._row_step = self.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        step = self.global_step
+        if step == self._row_step or self._acc is None:
+            return  # inside an accumulation window
+        if step % self.hparams.log_every == 0 or step >= (self.trainer.max_steps or 0):
+            self.last_loss = float(self._acc[0] / self._acc[1].clamp_min(1.0))
+            self._acc = None
+            if self.metrics is not None and self.trainer.is_global_zero:
+                self.metrics.add(step, loss=self.last_loss)
+        self._row_step = step
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(2, device=self.device)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        l1, cells = fraction_l1(predict_fractions(self.model, batch), batch["fractions"], batch["frac_valid"])
+        self._val += torch.stack([l1, cells]).detach() * float(batch["_weight"])
+
+    def on_validation_epoch_end(self) -> None:
+        total = self._global_sum(self._val)
+        if total[1] <= 0:
+            return
+        self.last_val_loss = float(total[0] / total[1])
+        self.log("val_loss", self.last_val_loss, prog_bar=True)
+        if self.metrics is not None and self.trainer.is_global_zero:
+            self.metrics.add(self.global_step, val_loss=self.last_val_loss)
+            self.metrics.flush()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.metrics is not None and self.trainer.is_global_zero:
+            self.metrics.flush()
+
+    def on_train_end(self) -> None:
+        if self.metrics is not None and self.trainer.is_global_zero:
+            self.metrics.flush()
+
+    # -- optimiser --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+        warm = min(hp.warmup_steps, max(1, total // 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
