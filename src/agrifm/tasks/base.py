@@ -134,7 +134,8 @@ class AgriFMTask(L.LightningModule):
         from agrifm.compat import load_official_checkpoint
 
         report = load_official_checkpoint(self.model, p, strict=False)
-        enc_missing = [k for k in report.missing if k.startswith("encoders.")]
+        enc_missing = [k for k in report.missing
+                       if k.startswith("encoders.") and ".fusion." not in k and ".date_emd." not in k]
         if enc_missing:
             raise ValueError(f"{p}: encoder weights missing for this model: {enc_missing[:5]}")
         rank_zero_info(f"init from {p}: {report}")  # self.print needs a Trainer; __init__ has none
