@@ -12,7 +12,7 @@ from agrifm.models.config import ModelConfig, fused_widths
 from agrifm.models.decoder import MultiFusionNeck, TemporalFusion
 from agrifm.models.embed import DateEncoding, PatchEmbed3D
 from agrifm.models.heads import ClassificationHead, FractionHead, SegmentationHead
-from agrifm.models.layers import init_weights
+from agrifm.models.layers import init_weights, set_fast
 
 __all__ = ["AgriFM", "SourceEncoder", "build_model"]
 
@@ -25,7 +25,7 @@ class SourceEncoder(nn.Module):
 
     def __init__(self, in_chans: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.patch_emd = PatchEmbed3D(in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_norm)
+        self.patch_emd = PatchEmbed3D(in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_norm, cfg.embed_kernel_t)
         self.date_emd = DateEncoding(cfg.embed_dim, cfg.patch_size[0]) if cfg.date_encoding else None
         self.backbone = SwinTransformer3D(
             cfg.embed_dim, cfg.depths, cfg.num_heads, cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias, cfg.qk_scale,
@@ -83,6 +83,7 @@ class AgriFM(nn.Module):
         else:
             self.head = FractionHead(widths[-1] * len(cfg.sources), cfg.num_classes)
         init_weights(self)
+        self.set_attention(cfg.attn_impl)
 
     # -- input checks ---------------------------------------------------------------------
     def _check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,7 +147,7 @@ class AgriFM(nn.Module):
                 {s: f["features_list"] for s, f in feats.items()},
                 out_size=tuple(ref.shape[-2:]),
             )
-            return self.head(x)
+            return self.head(x).contiguous()  # NCHW logits even when the fast CUDA decoder ran channels-last
         if cfg.head == "classification":
             maps = [m for s in cfg.sources for m in (*feats[s]["features_list"][1:], feats[s]["encoder_features"])]
             return self.head(maps, weights)
@@ -157,9 +158,11 @@ class AgriFM(nn.Module):
 
     # -- performance switches ---------------------------------------------------------------
     def set_attention(self, impl: str) -> "AgriFM":
-        """``exact`` (the published computation) or ``sdpa`` (fused; the default)."""
+        """``exact``: the published computation throughout (attention, window copies, decoder convs);
+        ``auto`` (default), ``sdpa`` or ``flex``: the fast path (see models/attention.py, layers.Conv3x3)."""
         for enc in self.encoders.values():
             enc.backbone.set_attention(impl)
+        set_fast(self, impl != "exact")
         self.config.attn_impl = impl
         return self
 

@@ -3,11 +3,15 @@
 Each stage runs (shifted) 3-D window attention, then patch merging halves frames, rows and
 columns together (frames by a temporal mean), so deeper stages see coarser space *and* time.
 Feature maps are channels-last inside a stage: (B, D, H, W, C).
+
+Blocks run the published data movement (pad, roll, partition, reverse, roll back, crop) on the
+exact path; the fast path does pad+roll+partition and reverse+roll+crop as one cached gather
+each, and applies the per-token qkv/output projections to real tokens only (a padded token's
+qkv is the projection bias: a single appended zero token stands for all of them).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -16,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from agrifm.models.attention import WindowAttention3D
-from agrifm.models.layers import DropPath, Mlp
+from agrifm.models.layers import DropPath, Mlp, geometry_cached
 
 __all__ = ["SwinTransformer3D", "PatchMerging3D", "SwinBlock3D", "SwinStage", "clip_window"]
 
@@ -32,6 +36,11 @@ def clip_window(size: Sequence[int], window: Triple, shift: Triple) -> tuple[Tri
     return tuple(w), tuple(s)
 
 
+def padded_size(size: Sequence[int], window: Triple) -> Triple:
+    """Each axis rounded up to a multiple of the window (where the release zero-pads)."""
+    return tuple(a + (-a) % wa for a, wa in zip(size, window))
+
+
 def window_partition(x: torch.Tensor, w: Triple) -> torch.Tensor:
     """(B, D, H, W, C) -> (B·nW, wd·wh·ww, C), windows ordered (d, h, w)."""
     b, d, h, ww, c = x.shape
@@ -45,8 +54,7 @@ def window_reverse(windows: torch.Tensor, w: Triple, b: int, d: int, h: int, ww:
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, ww, -1)
 
 
-@lru_cache(maxsize=64)
-def _shift_mask_cpu(dp: int, hp: int, wp: int, window: Triple, shift: Triple) -> torch.Tensor:
+def _shift_mask(dp: int, hp: int, wp: int, window: Triple, shift: Triple) -> torch.Tensor:
     img = torch.zeros((1, dp, hp, wp, 1))
     cnt = 0
     # The release labels regions with Python slices, so a zero shift gives slice(-0, None)
@@ -61,18 +69,35 @@ def _shift_mask_cpu(dp: int, hp: int, wp: int, window: Triple, shift: Triple) ->
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
 
-_MASKS: dict[tuple, torch.Tensor] = {}
+def _window_order(d: int, h: int, w: int, window: Triple, shift: Triple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gather (nW·N,), scatter (D·H·W,)): token indices that pad, roll and partition in one copy.
+
+    ``gather`` indexes the D·H·W tokens plus one zero token (index D·H·W) standing for every pad
+    position, in the order of ``window_partition(roll(pad(x), -shift))``; ``scatter`` gives each
+    real token's position in that order (reverse + roll back + crop).
+    """
+    dp, hp, wp = padded_size((d, h, w), window)
+    grid = torch.full((dp, hp, wp), d * h * w, dtype=torch.long)
+    grid[:d, :h, :w] = torch.arange(d * h * w).view(d, h, w)
+    if any(shift):
+        grid = torch.roll(grid, shifts=(-shift[0], -shift[1], -shift[2]), dims=(0, 1, 2))
+    gather = window_partition(grid[None, ..., None], window).reshape(-1)
+    real = gather < d * h * w
+    scatter = torch.empty(d * h * w, dtype=torch.long)
+    scatter[gather[real]] = torch.arange(gather.numel())[real]
+    return gather, scatter
 
 
 def shift_mask(dp: int, hp: int, wp: int, window: Triple, shift: Triple, device: torch.device) -> tuple[torch.Tensor, tuple]:
     """Shift-window attention mask (nW, N, N) on ``device`` and its geometry key."""
-    key = (dp, hp, wp, window, shift, str(device))
-    m = _MASKS.get(key)
-    if m is None:
-        if len(_MASKS) > 128:
-            _MASKS.clear()
-        m = _MASKS[key] = _shift_mask_cpu(dp, hp, wp, window, shift).to(device)
-    return m, key
+    key = ("shift_mask", dp, hp, wp, window, shift, str(device))
+    return geometry_cached(key, lambda: _shift_mask(dp, hp, wp, window, shift).to(device)), key
+
+
+def window_order(d: int, h: int, w: int, window: Triple, shift: Triple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_window_order` on ``device``."""
+    key = ("window_order", d, h, w, window, shift, str(device))
+    return geometry_cached(key, lambda: tuple(t.to(device) for t in _window_order(d, h, w, window, shift)))
 
 
 class SwinBlock3D(nn.Module):
@@ -90,7 +115,7 @@ class SwinBlock3D(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
         rel_pos: str = "published",
     ) -> None:
         super().__init__()
@@ -102,13 +127,31 @@ class SwinBlock3D(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend_exact(x) if self.attn.impl == "exact" else self._attend_fast(x)
+
+    def _attend_fast(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w, c = x.shape
+        win, shift = clip_window((d, h, w), self.window, self.shift)
+        gather, scatter = window_order(d, h, w, win, shift, x.device)
+        n = win[0] * win[1] * win[2]
+        x = self.norm1(x).reshape(b, d * h * w, c)
+        if gather.numel() > d * h * w:  # padded: one zero token (its qkv is the bias) for all pad positions
+            x = F.pad(x, (0, 0, 0, 1))
+        qkv = self.attn.qkv(x).index_select(1, gather)  # (B, nW·N, 3C): pad + roll + partition
+        mask, key = shift_mask(*padded_size((d, h, w), win), win, shift, x.device) if any(shift) else (None, None)
+        out = self.attn.attend(qkv.view(-1, n, 3 * c), win, mask, key)  # (B·nW, N, C)
+        out = out.view(b, -1, c).index_select(1, scatter)  # (B, D·H·W, C): reverse + roll back + crop
+        return self.attn.proj_drop(self.attn.proj(out)).view(b, d, h, w, c)
+
+    def _attend_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The published sequence: LN, pad, roll, partition, attention, reverse, roll back, crop."""
         b, d, h, w, c = x.shape
         win, shift = clip_window((d, h, w), self.window, self.shift)
         x = self.norm1(x)
-        pd, ph, pw = (-d) % win[0], (-h) % win[1], (-w) % win[2]
+        dp, hp, wp = padded_size((d, h, w), win)
+        pd, ph, pw = dp - d, hp - h, wp - w
         if pd or ph or pw:  # padded tokens are not masked: they act as keys/values (as released)
             x = F.pad(x, (0, 0, 0, pw, 0, ph, 0, pd))
-        dp, hp, wp = d + pd, h + ph, w + pw
         shifted = any(shift)
         if shifted:
             x = torch.roll(x, shifts=(-shift[0], -shift[1], -shift[2]), dims=(1, 2, 3))
@@ -223,7 +266,7 @@ class SwinTransformer3D(nn.Module):
         downsample_steps: Sequence[Triple] = ((2, 2, 2),) * 4,
         mean_frame_down: bool = True,
         merge_pad: str = "published",
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
         rel_pos: str = "published",
         use_checkpoint: bool = False,
     ) -> None:

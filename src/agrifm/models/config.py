@@ -40,7 +40,7 @@ class ModelConfig:
     feature_fusion: str = "cat"
     merge_pad: str = "published"
     rel_pos: str = "published"
-    attn_impl: str = "sdpa"
+    attn_impl: str = "auto"  # 'exact' = the published computation; 'auto'/'sdpa'/'flex' fused (models/attention.py)
     use_checkpoint: bool = False
     decoder: str = "fusion"
     decoder_dim: int = 1024
@@ -50,6 +50,7 @@ class ModelConfig:
     out_size: tuple[int, int] | None = None
     head_dropout: float = 0.1
     date_encoding: bool = False  # ours: day-of-year features added to the patch embedding
+    embed_kernel_t: int | None = None  # ours: temporal kernel of the patch embedding (> patch t overlaps frames)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agrifm.models.layers import ConvBlock
+from agrifm.models.layers import ConvBlock, fast_layout
 
-__all__ = ["TemporalFusion", "MultiFusionNeck", "TEMPORAL_FUSIONS"]
+__all__ = ["TemporalFusion", "MultiFusionNeck", "TEMPORAL_FUSIONS", "resize", "upsample2"]
 
 TEMPORAL_FUSIONS = ("cat", "mean", "attention")
 
@@ -41,8 +41,16 @@ class TemporalFusion(nn.Module):
         return (x * weights.permute(0, 4, 1, 2, 3)).sum(2)
 
 
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear, align_corners False (every resize of the published neck); no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """×2 bilinear upsampling (scale_factor 2, align_corners False)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class MultiFusionNeck(nn.Module):
@@ -52,6 +60,8 @@ class MultiFusionNeck(nn.Module):
     then each entry of ``fusion_keys`` upsamples ×2 and fuses that level's features of the
     named sources (entry i takes ``features_list[L-1-i]``); ``out_conv`` and a final resize to
     ``out_size``. ``feature_size``/``out_size`` of None follow the input (our default).
+    ``fast`` (default): channels-last on CUDA and Winograd 3x3 convs on CPU (see ``Conv3x3``);
+    ``fast = False`` (via ``AgriFM.set_attention('exact')``) is the published computation.
     """
 
     def __init__(
@@ -76,6 +86,7 @@ class MultiFusionNeck(nn.Module):
             self.in_conv = ConvBlock(in_width, embed_dim)
         self.fusion_list = nn.ModuleList(ConvBlock(embed_dim + sum(k.values()), embed_dim) for k in self.fusion_keys)
         self.out_conv = ConvBlock(embed_dim, embed_dim)
+        self.fast = True
 
     def forward(
         self,
@@ -85,11 +96,11 @@ class MultiFusionNeck(nn.Module):
     ) -> torch.Tensor:
         first = encoder_features[self.in_feature_key[0]]
         size = self.feature_size or tuple(first.shape[-2:])
-        x = torch.cat([_resize(encoder_features[s], size) for s in self.in_feature_key], dim=1)
+        x = torch.cat([fast_layout(resize(encoder_features[s], size), self.fast) for s in self.in_feature_key], dim=1)
         x = self.in_conv(x)
         n = len(self.fusion_keys)
         for i, (keys, conv) in enumerate(zip(self.fusion_keys, self.fusion_list)):
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = upsample2(x)
             level = n - 1 - i
             parts = [x]
             for src, width in keys.items():
@@ -99,7 +110,7 @@ class MultiFusionNeck(nn.Module):
                         f"decoder level {level}: source {src!r} has {f.shape[1]} channels, config says {width} "
                         "(with 'cat' fusion widths depend on the number of frames)"
                     )
-                parts.append(_resize(f, x.shape[-2:]))
+                parts.append(fast_layout(resize(f, x.shape[-2:]), self.fast))
             x = conv(torch.cat(parts, dim=1))
         x = self.out_conv(x)
-        return _resize(x, self.out_size or out_size or x.shape[-2:])
+        return resize(x, self.out_size or out_size or x.shape[-2:])

@@ -15,10 +15,16 @@ class PatchEmbed3D(nn.Module):
     Zero-pads W, then H, then T at the end up to multiples of the patch, as the release does.
     """
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: tuple[int, int, int], norm: bool = False) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: tuple[int, int, int], norm: bool = False,
+                 kernel_t: int | None = None) -> None:
         super().__init__()
         self.in_chans, self.embed_dim, self.patch_size = in_chans, embed_dim, tuple(patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        # kernel_t > patch t (ours, not in the release): overlapping temporal patches, a small
+        # convolutional stem that sees each frame's neighbours (helps on small labelled sets).
+        kt = kernel_t or self.patch_size[0]
+        pad_t = (kt - self.patch_size[0]) // 2 if kt > self.patch_size[0] else 0
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(kt, *self.patch_size[1:]), stride=self.patch_size,
+                              padding=(pad_t, 0, 0))
         self.norm = nn.LayerNorm(embed_dim) if norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

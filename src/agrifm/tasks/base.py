@@ -172,29 +172,27 @@ class AgriFMTask(L.LightningModule):
         self.val_metrics.update(preds, target)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=self._batch_size(batch))
 
-    def on_validation_epoch_end(self) -> None:
-        if self.val_metrics.confmat.update_count == 0:
-            return
-        self.last_val = summarize(self.val_metrics.compute(), self.class_names)
-        self.val_metrics.reset()
+    def _finish_epoch(self, metrics, prefix: str) -> dict[str, Any]:
+        """Summarise a metric collection into plain floats, reset it, and log the headline figures."""
+        if metrics.confmat.update_count == 0:
+            return {}
+        summary = summarize(metrics.compute(), self.class_names)
+        metrics.reset()
         for k in ("oa", "mf1", "miou", "kappa"):
-            v = self.last_val.get(k)
+            v = summary.get(k)
             if v is not None and v == v:
-                self.log(f"val_{k}", float(v), prog_bar=k in ("oa", "mf1"))
+                self.log(f"{prefix}_{k}", float(v), prog_bar=prefix == "val" and k in ("oa", "mf1"))
+        return summary
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self._finish_epoch(self.val_metrics, "val") or self.last_val
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         _, preds, target = self._step(batch)
         self.test_metrics.update(preds, target)
 
     def on_test_epoch_end(self) -> None:
-        if self.test_metrics.confmat.update_count == 0:
-            return
-        self.last_test = summarize(self.test_metrics.compute(), self.class_names)
-        self.test_metrics.reset()
-        for k in ("oa", "mf1", "miou", "kappa"):
-            v = self.last_test.get(k)
-            if v is not None and v == v:
-                self.log(f"test_{k}", float(v))
+        self.last_test = self._finish_epoch(self.test_metrics, "test") or self.last_test
 
     @staticmethod
     def _batch_size(batch: Mapping[str, Any]) -> int:
