@@ -63,6 +63,15 @@ def device_peak_tflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return f"CPU {platform.processor() or platform.machine()}"
+
+
 def bench_config(size: int, frames: int, decoder: str = "fusion") -> ModelConfig:
     """The published config rescaled to ``size`` (out_size and feature_size follow) and ``frames``."""
     return preset("published", num_frames=frames, out_size=(size, size), feature_size=(size // 16, size // 16),
@@ -123,13 +132,13 @@ def build_variants(args: argparse.Namespace, device: torch.device, only: str | N
         if flops[decoder] is None and not args.no_flops:
             flops[decoder] = gflops_per_sample(model.config, args.frames, args.size)
         gf = flops[decoder] or 0.0
-        if name.startswith("exact"):
-            model.to(device).set_attention("exact")
-            call = torch.compile(model) if name == "exact_compiled" else model
-            out.append(Variant(name, model, call, contextlib.nullcontext, gf))
-        else:
-            fast: FastPath = configure_fast_path(model, device, args.precision, compile=args.compile)
-            out.append(Variant(name, model, fast, fast.autocast, gf))
+        if name == "exact":
+            out.append(Variant(name, model.to(device).set_attention("exact"), model, contextlib.nullcontext, gf))
+            continue
+        exact = name == "exact_compiled"
+        fast: FastPath = configure_fast_path(model, device, "fp32" if exact else args.precision, compile=args.compile,
+                                             attention="exact" if exact else "auto")
+        out.append(Variant(name, model, fast, fast.autocast, gf))
     return out
 
 
@@ -316,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["fast"]["agreement_with_exact"] = check
     results.update({
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-        f", {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads",
         "precision": args.precision, "gflops_per_sample": variants[0].gflops, "batch": args.batch,
         "input": f"{args.frames}x10x{args.size}x{args.size}", "compile": args.compile,
         "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "default",
