@@ -15,7 +15,7 @@ fi
 # Pin whatever torch is installed, so extras (lightning, torchmetrics) never replace it.
 echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')" > .venv/constraints.txt
 .venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[test]"
-# tcmalloc makes CPU training steps about 2x faster; used by the agrifm launcher when present.
+# tcmalloc makes CPU training steps faster (1.34x measured, benchmarks/README.md); used by the agrifm launcher when present.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! ldconfig -p | grep -q libtcmalloc_minimal; then
   (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || true)
 fi

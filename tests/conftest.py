@@ -27,3 +27,14 @@ def data_dir() -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return need(FIXTURES)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads stall on each other."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

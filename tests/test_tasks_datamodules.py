@@ -12,13 +12,7 @@ import torch
 from agrifm.tasks.datamodules import ChipDataModule, H5DataModule, TableDataModule, source_from_spec, spatial_split
 from conftest import DATA, need
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers of 2 threads stall badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 S2_9 = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
