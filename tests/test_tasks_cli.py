@@ -16,7 +16,9 @@ from agrifm.checkpoint import load_model, read_metadata
 from agrifm.cli import main as agrifm
 from agrifm.tasks.cli import AgriFMCLI, default_trainer_settings
 from conftest import DATA, ROOT, need
-from test_tasks_datamodules import S2_9, aggregate_stack, one_thread  # noqa: F401  (autouse fixture)
+from test_tasks_datamodules import S2_9, aggregate_stack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = ROOT / "configs"
 TINY = json.dumps({"preset": "small", "embed_dim": 8, "depths": [1, 1, 1, 1], "decoder_dim": 16,

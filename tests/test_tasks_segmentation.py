@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from agrifm.data.datasets import collate
 from agrifm.tasks.boundary import BoundaryTask, boundary_targets
 from agrifm.tasks.segmentation import SegmentationTask
-from test_tasks_datamodules import one_thread  # noqa: F401  (autouse fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"preset": "small", "embed_dim": 8, "depths": [1, 1, 1, 1], "decoder_dim": 16, "patch_size": [1, 2, 2]}
 CLASSES = ["a", "b", "c"]
