@@ -443,7 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if rank_world()[0] == 0:
         _report(summary, a.out)
+    _shutdown_process_group()
     return 0
+
+
+def _shutdown_process_group() -> None:
+    """Leave together: a rank exiting while gloo still talks to it aborts the other (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
