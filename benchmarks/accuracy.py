@@ -92,7 +92,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
     for seed in range(seeds):
         t0 = time.time()
-        cfg = PointFitConfig(seed=seed, progress=not quiet, random_truncation=0.5)
+        cfg = PointFitConfig(seed=seed, progress=not quiet, random_truncation=0.25)
         cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, agrifm_steps, 200)
         task = fit_point_classifier(train, tr_idx, source, cfg)
         for f in FRACTIONS:

@@ -59,7 +59,7 @@ def build_shards(out: Path) -> dict[str, Any]:
     )
 
 
-def pretrain(shards: Path, run: Path, a: argparse.Namespace, ce_weight: float) -> dict[str, Any]:
+def pretrain(shards: Path, run: Path, a: argparse.Namespace, ce_weight: float, ce_decay: int = 0) -> dict[str, Any]:
     from agrifm.pretrain.cli import parse_args
     from agrifm.pretrain.cli import run as run_pretraining
 
@@ -68,7 +68,7 @@ def pretrain(shards: Path, run: Path, a: argparse.Namespace, ce_weight: float) -
     argv = [
         "--data", str(shards / "train"), "--val-data", str(shards / "val"), "--out", str(run), "--model", str(config),
         "--max-steps", str(a.steps), "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "25",
-        "--ema-momentum", "0.99", "--teacher-weight", "0.2", "--ce-weight", str(ce_weight), "--val-every", "50",
+        "--ema-momentum", "0.99", "--teacher-weight", "0.2", "--ce-weight", str(ce_weight), "--ce-decay", str(ce_decay), "--val-every", "50",
         "--log-every", "10", "--workers", "1", "--shuffle-buffer", "256", "--frames", str(FRAMES), "--overwrite", "--quiet",
     ]
     started = time.time()

@@ -139,3 +139,26 @@ def test_temporal_cnn_mato_grosso(mato_grosso_split: tuple[np.ndarray, ...]) -> 
     )
     oa = (predict_logits(model, (x_te - mean) / std).argmax(1).numpy() == y_te).mean()
     assert oa > 0.8
+
+
+def test_balanced_weights_favour_rare_classes_and_keep_the_mean_sample_weight() -> None:
+    from agrifm.tasks.pointfit import balanced_weights
+
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    assert balanced_weights(labels, 4, 0.0) is None
+    w = np.array(balanced_weights(labels, 4, 0.5))
+    assert w[2] > w[1] > w[0]
+    np.testing.assert_allclose(w[:3] ** -2 / (w[:3] ** -2).sum(), [0.9, 0.09, 0.01], rtol=1e-6)  # ∝ count^-0.5
+    counts = np.bincount(labels, minlength=4)
+    assert (w * counts).sum() / counts.sum() == pytest.approx(1.0)  # the loss scale stays that of plain CE
+    full = np.array(balanced_weights(labels, 4, 1.0))
+    assert full[0] * 90 == pytest.approx(full[2] * 1)  # every class weighs the same in total
+
+
+def test_classification_task_rejects_class_weights_of_the_wrong_length() -> None:
+    from agrifm.tasks.classification import ClassificationTask
+
+    with pytest.raises(ValueError, match="class_weights has 2 values for 3 classes"):
+        ClassificationTask(model={"preset": "point-small", "embed_dim": 8, "num_heads": [1, 1, 1, 1]},
+                           sources={"NDVI": {"bands": ["NDVI"], "resolution_m": 250.0, "units": "index", "mean": [0.5], "std": [0.2]}},
+                           class_names=["a", "b", "c"], class_weights=[1.0, 2.0])

@@ -92,6 +92,15 @@ def test_teacher_weight_warms_up_from_zero() -> None:
         PretrainTask(tiny_config(S2=10).to_dict(), teacher_weight=1.5)
 
 
+def test_ce_weight_can_decay_to_pure_l1() -> None:
+    from agrifm.pretrain.task import PretrainTask
+
+    task = PretrainTask(tiny_config(S2=10).to_dict(), ce_weight=1.0, ce_decay=10)
+    assert [task.ce_weight_at(s) for s in (0, 5, 10, 50)] == [1.0, 0.5, 0.0, 0.0]
+    assert PretrainTask(tiny_config(S2=10).to_dict(), ce_weight=0.5).ce_weight_at(1000) == 0.5
+    assert PretrainTask(tiny_config(S2=10).to_dict()).ce_weight_at(0) == 0.0
+
+
 def test_source_schedule_is_shared_and_proportional() -> None:
     from agrifm.pretrain.task import SourceMixer
 

@@ -139,3 +139,26 @@ def test_geopackage_needs_pyogrio(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ImportError, match="pyogrio"):
         read_points(path)
+
+
+def test_geopackage_reads_like_geojson(belgium, tmp_path: Path) -> None:
+    """The same labelled field and point as a GeoPackage (written with GDAL) and as GeoJSON."""
+    raw = pytest.importorskip("pyogrio.raw", reason="GeoPackage support needs the optional pyogrio")
+    t = belgium.transform
+    x0, y0 = t @ (10, 20)
+    x1, y1 = t @ (15, 24)
+    ring = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    polygon = struct.pack("<BIII", 1, 3, 1, len(ring)) + b"".join(struct.pack("<dd", *p) for p in ring)
+    point = struct.pack("<BIdd", 1, 1, *(t @ (25.5, 22.5)))
+    gpkg = tmp_path / "fields.gpkg"
+    raw.write(gpkg, np.array([polygon, point], dtype=object),
+              [np.array(["field", "p1"], dtype=object), np.array(["maize", "wheat"], dtype=object),
+               np.array(["2021-04-01", ""], dtype=object)],
+              ["id", "label", "start_date"], geometry_type="Unknown", crs="EPSG:32631", driver="GPKG")
+    samples = read_points(gpkg)
+    assert list(samples.ids) == ["field", "p1"] and list(samples.labels) == ["maize", "wheat"]
+    assert samples.start[0] == np.datetime64("2021-04-01") and np.isnat(samples.start[1])
+    chips = chips_from_points(belgium, samples, chip_size=32, label_map={"maize": 1, "wheat": 2})
+    label = chips[0].label
+    r0, c0 = int(chips[0].window.row_off), int(chips[0].window.col_off)
+    assert (label == 1).sum() == 20 and label[22 - r0, 25 - c0] == 2

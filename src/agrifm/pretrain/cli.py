@@ -278,6 +278,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weight", type=float, default=0.2, help="target = (1 - w) * product + w * teacher")
     p.add_argument("--teacher-warmup", type=int, default=None, metavar="STEPS", help="w ramps from 0 over these steps (20%% of the run)")
     p.add_argument("--ce-weight", type=float, default=0.0, help="add this x soft cross-entropy to the L1 loss (0: L1 only)")
+    p.add_argument("--ce-decay", type=int, default=0, metavar="STEPS",
+                   help="the CE weight falls linearly to 0 at this step, so training ends on L1 (0: constant)")
     p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp2"], default="auto", help="ddp (auto) or fsdp2 (sharded, for big backbones)")
     p.add_argument("--devices", default=None, help="processes per node (default: from torchrun/SLURM, else auto)")
@@ -379,7 +381,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     task = PretrainTask(
         cfg.to_dict(), lr=a.lr, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, ema_momentum=a.ema_momentum,
         teacher_weight=a.teacher_weight, teacher_warmup=a.max_steps // 5 if a.teacher_warmup is None else a.teacher_warmup,
-        ce_weight=a.ce_weight, checkpointing=a.activation_checkpointing, log_every=a.log_every,
+        ce_weight=a.ce_weight, ce_decay=a.ce_decay, checkpointing=a.activation_checkpointing, log_every=a.log_every,
         metrics_csv=str(out / "metrics.csv"),
     )
     train_ds = _datasets(train_sets, sources, a, train=True)
@@ -409,7 +411,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "data": [str(d) for s in train_sets.values() for d in s.dirs],
     })
     settings = {"frames": a.frames, "ema_momentum": a.ema_momentum, "teacher_weight": a.teacher_weight,
-                "ce_weight": a.ce_weight, "samples": summary["samples"]}
+                "ce_weight": a.ce_weight, "ce_decay": a.ce_decay, "samples": summary["samples"]}
     extra = {"pretrain": {k: summary[k] for k in ("steps", "global_batch", "loss", "val_loss", "normalisation", "data")} | settings}
     export_outputs(task.model, out, sources, class_names, a.frames, extra)
     if rank_world()[0] == 0:

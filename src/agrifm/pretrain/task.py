@@ -322,8 +322,9 @@ class PretrainTask(L.LightningModule):
     teacher's smoother predictions regularise them once it has learned something). The loss is
     normalised by the *global* number of valid cells of the step's batch (all ranks), so a run
     on N processes computes the same gradient as one process with the same global batch.
-    ``ce_weight`` adds a soft cross-entropy term (0: L1 only, the published loss); the logged
-    ``loss`` is the L1 part either way.
+    ``ce_weight`` adds a soft cross-entropy term (0: L1 only, the published loss); with
+    ``ce_decay`` > 0 its weight falls linearly to 0 at that step, so the run *ends* on the L1
+    objective (CE to learn, then L1 to sharpen). The logged ``loss`` is the L1 part either way.
     """
 
     def __init__(
@@ -337,6 +338,7 @@ class PretrainTask(L.LightningModule):
         teacher_weight: float = 0.2,
         teacher_warmup: int = 1000,
         ce_weight: float = 0.0,
+        ce_decay: int = 0,
         checkpointing: bool = False,
         log_every: int = 10,
         metrics_csv: str | None = None,
@@ -384,6 +386,12 @@ class PretrainTask(L.LightningModule):
             return 0.0
         return hp.teacher_weight * (min(1.0, step / hp.teacher_warmup) if hp.teacher_warmup > 0 else 1.0)
 
+    def ce_weight_at(self, step: int) -> float:
+        hp = self.hparams
+        if hp.ce_weight <= 0 or hp.ce_decay <= 0:
+            return max(hp.ce_weight, 0.0)
+        return hp.ce_weight * max(0.0, 1.0 - step / hp.ce_decay)
+
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         """Bookkeeping entries (``_pos``, ``_skips``...) stay on the CPU: reading them back would sync the GPU."""
         meta = {k: v for k, v in batch.items() if k.startswith("_")}
@@ -402,8 +410,9 @@ class PretrainTask(L.LightningModule):
                 target = (1.0 - w) * target + w * predict_fractions(self.teacher, batch).float()
         l1, cells = fraction_l1(pred, target, batch["frac_valid"])
         objective = l1
-        if self.hparams.ce_weight > 0:
-            objective = l1 + self.hparams.ce_weight * fraction_ce(pred, target, batch["frac_valid"])
+        ce_weight = self.ce_weight_at(self.global_step)
+        if ce_weight > 0:
+            objective = l1 + ce_weight * fraction_ce(pred, target, batch["frac_valid"])
         total = self._global_sum(torch.stack([l1, cells]))
         loss = objective * self.trainer.world_size / total[1].clamp_min(1.0)
         if not torch.isfinite(loss):

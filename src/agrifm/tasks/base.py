@@ -59,6 +59,7 @@ class AgriFMTask(L.LightningModule):
         init_checkpoint: published (.pth/.safetensors) or our checkpoint to start from.
         freeze_stages: backbone stages (0-based, plus 'embed') kept frozen.
         ignore_index: label value that never counts.
+        class_weights: per-class weights of the cross-entropy (rare crops), one per class name.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class AgriFMTask(L.LightningModule):
         freeze_stages: Sequence[int | str] = (),
         ignore_index: int = -1,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
         frames: int | None = None,
         task_name: str = "segmentation",
     ) -> None:
@@ -90,6 +92,12 @@ class AgriFMTask(L.LightningModule):
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         k = len(class_names)
+        weights = None
+        if class_weights is not None:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32)
+            if weights.shape != (k,):
+                raise ValueError(f"class_weights has {weights.numel()} values for {k} classes {self.class_names}")
+        self.register_buffer("class_weights", weights, persistent=False)
         self.val_metrics = classification_metrics(k, ignore_index, prefix="val_")
         self.test_metrics = classification_metrics(k, ignore_index, prefix="test_")
         self.last_val: dict[str, Any] = {}

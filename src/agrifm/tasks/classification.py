@@ -39,7 +39,7 @@ class ClassificationTask(AgriFMTask):
         inputs, dates = self._augment(batch)
         logits = self.model(inputs, dates, weights=batch.get("weights"))
         target = batch["label"].long()
-        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index, label_smoothing=self.hparams.label_smoothing)
         return loss, logits.detach(), target
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:

@@ -43,24 +43,15 @@ class SegmentationTask(AgriFMTask):
     ``label`` (B, H, W) with ``ignore_index`` for unlabelled pixels, ``nodata`` {src: (B, H, W)}.
 
     Args:
-        class_weights: per-class weights of the cross-entropy (rare crops), one per class name.
         ignore_nodata: ignore labels where the first (reference) source has no valid observation.
         task_name: stored in the exported checkpoint.
         **kwargs: :class:`~agrifm.tasks.base.AgriFMTask` arguments (model preset 'small' by
             default: 'mean' temporal fusion, so any number of frames).
     """
 
-    def __init__(self, *, class_weights: Sequence[float] | None = None, ignore_nodata: bool = True,
-                 task_name: str = "segmentation", **kwargs: Any) -> None:
+    def __init__(self, *, ignore_nodata: bool = True, task_name: str = "segmentation", **kwargs: Any) -> None:
         super().__init__(task_name=task_name, **kwargs)
         self.ignore_nodata = ignore_nodata
-        weights = None
-        if class_weights is not None:
-            weights = torch.as_tensor(class_weights, dtype=torch.float32)
-            if weights.shape != (len(self.class_names),):
-                raise ValueError(f"class_weights has {weights.numel()} values for {len(self.class_names)} classes "
-                                 f"{self.class_names}")
-        self.register_buffer("class_weights", weights, persistent=False)
 
     @property
     def reference_source(self) -> str:
