@@ -3,8 +3,10 @@
 1. Shards from the eo-learn Slovenia patch (S2 NDVI, 68 dates, cloud mask, land-use raster):
    8-px chips every 4 px, 4-px cells, one sample per chip and year (all frames kept, clouds as
    gaps), spatial train/validation split on 32-px blocks.
-2. Pre-training (``agrifm pretrain``, CPU, a small chip-and-pixel model, see CONFIG) twice: with
-   the published L1 loss alone and with L1 + soft cross-entropy (``--ce-weight 1``). Held-out L1
+2. Pre-training (``agrifm pretrain``, CPU, a small chip-and-pixel model, see CONFIG) three times:
+   with the published L1 loss alone, with L1 + soft cross-entropy (``--ce-weight 1``), and with
+   the cross-entropy fading out over the first quarter of the run so that it ends on L1 alone
+   (``--ce-weight 1 --ce-decay STEPS/4``; see LOSSES). Held-out L1
    of the validation fractions against the trivial baseline (the mean training fractions) *and*
    the L1-optimal constant (the per-class median), plus the Pearson r of predicted vs true
    forest/grassland fractions, which a constant prediction cannot fake.
@@ -36,7 +38,10 @@ DATA = ROOT.parent / "shared" / "data"
 SLOVENIA = DATA / "eolearn_slovenia"
 MATO_GROSSO = DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"
 FRAMES = 16
-ARMS = {"scratch": None, "pretrained (L1)": "l1", "pretrained (L1+CE)": "l1+ce"}  # fine-tuning arm -> pre-training run
+# Pre-training runs: name -> (--ce-weight, --ce-decay as a fraction of the steps).
+LOSSES = {"l1": (0.0, 0.0), "l1+ce": (1.0, 0.0), "ce>l1": (1.0, 0.25)}
+ARMS = {"scratch": None, "pretrained (L1)": "l1", "pretrained (L1+CE)": "l1+ce",
+        "pretrained (CE->L1)": "ce>l1"}  # fine-tuning arm -> pre-training run
 
 # Works for 8-px chips and 1x1-px series alike: 1x1 spatial patches and no spatial merging, so a
 # pixel series goes through exactly the computation it had inside a chip, minus the neighbours
@@ -196,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         built = build_shards(shards)
         print(f"shards: {built['samples']}")
         result: dict[str, Any] = {"shards": built["samples"], "pretraining": {}, "heldout": {}, "finetune": []}
-        runs = {"l1": work / "run_l1", "l1+ce": work / "run_l1ce"}
-        for name, ce in (("l1", 0.0), ("l1+ce", 1.0)):
-            summary = pretrain(shards, runs[name], a, ce)
+        runs = {name: work / f"run_{i}" for i, name in enumerate(LOSSES)}
+        for name, (ce, decay) in LOSSES.items():
+            summary = pretrain(shards, runs[name], a, ce, int(decay * a.steps))
             result["pretraining"][name] = {k: summary[k] for k in ("steps", "samples", "wall_s", "loss", "val_loss", "global_batch")}
             h = result["heldout"][name] = heldout(shards, runs[name])
             print(f"pre-training [{name}]: {summary['steps']} steps x 16 in {summary['wall_s']} s; held-out L1 (per cell, 0..2) "

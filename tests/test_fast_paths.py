@@ -193,6 +193,20 @@ def test_efficient_decoder_shapes_and_gradients():
     assert all(p.grad is not None for p in model.neck.parameters())
 
 
+def test_efficient_decoder_fast_path_matches_exact(winograd_everywhere):
+    from agrifm.models.layers import set_fast
+
+    model = tiny(decoder="efficient").eval()
+    x = {"S2": torch.randn(2, 8, 10, 32, 32)}
+    with torch.no_grad():
+        set_fast(model, False)
+        exact = model(x)
+        set_fast(model, True)
+        fast = model(x)
+    assert any(isinstance(m, Conv3x3) for m in model.neck.modules())
+    torch.testing.assert_close(fast, exact, atol=1e-4, rtol=1e-4)
+
+
 def test_efficient_decoder_is_a_fraction_of_the_published_flops():
     from agrifm.commands.info import describe
 
