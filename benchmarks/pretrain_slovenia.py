@@ -14,7 +14,7 @@
    NDVI pixel series (9 crop/land-use classes) - from scratch and from each pre-trained encoder
    (``encoder_published.pth``), same recipe and training subset per seed, grouped hold-out test.
 
-    .venv/bin/python benchmarks/pretrain_slovenia.py [--steps 400] [--seeds 0 1 2] [--json OUT]
+    .venv/bin/python benchmarks/pretrain_slovenia.py [--steps 1200] [--seeds 0 1 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _mean_std(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=400, help="pre-training steps (batch 16)")
+    p.add_argument("--steps", type=int, default=1200, help="pre-training steps (batch 16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-series", type=int, default=150, help="labelled Mato Grosso series per fine-tuning run")
     p.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs")
