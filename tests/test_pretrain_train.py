@@ -5,6 +5,7 @@ land-use raster."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,32 @@ def test_ce_weight_can_decay_to_pure_l1() -> None:
     assert [task.ce_weight_at(s) for s in (0, 5, 10, 50)] == [1.0, 0.5, 0.0, 0.0]
     assert PretrainTask(tiny_config(S2=10).to_dict(), ce_weight=0.5).ce_weight_at(1000) == 0.5
     assert PretrainTask(tiny_config(S2=10).to_dict()).ce_weight_at(0) == 0.0
+
+
+def test_collapsed_predictions_are_reported(monkeypatch) -> None:
+    import agrifm.pretrain.task as task_mod
+    from agrifm.pretrain.task import PretrainTask
+
+    task = PretrainTask(tiny_config(S2=10).to_dict())
+    monkeypatch.setattr(task, "_global_sum", lambda t: t)
+    fractions = torch.zeros(2, 8, 2, 2)
+    fractions[:, 1] = 1.0
+    batch = {"fractions": fractions, "frac_valid": torch.ones(2, 2, 2, dtype=torch.bool), "_weight": 1.0}
+
+    def run(pred: torch.Tensor) -> list[str]:
+        monkeypatch.setattr(task_mod, "predict_fractions", lambda model, b: pred)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            task.on_validation_epoch_start()
+            task.validation_step(batch, 0)
+            task.on_validation_epoch_end()
+        return [str(w.message) for w in caught if "collapsed" in str(w.message)]
+
+    constant = torch.full((2, 8, 2, 2), 1 / 8)
+    assert len(run(constant)) == 1 and task.last_val_loss == pytest.approx(2 * (1 - 1 / 8))
+    varied = constant.clone()
+    varied[0, :, 0, 0] = torch.tensor([0.0, 1.0] + [0.0] * 6)
+    assert run(varied) == []
 
 
 def test_source_schedule_is_shared_and_proportional() -> None:

@@ -446,17 +446,34 @@ class PretrainTask(L.LightningModule):
         self._row_step = step
 
     def on_validation_epoch_start(self) -> None:
-        self._val = torch.zeros(2, device=self.device)
+        self._val = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        l1, cells = fraction_l1(predict_fractions(self.model, batch), batch["fractions"], batch["frac_valid"])
-        self._val += torch.stack([l1, cells]).detach() * float(batch["_weight"])
+        pred = predict_fractions(self.model, batch)
+        l1, cells = fraction_l1(pred, batch["fractions"], batch["frac_valid"])
+        # Per-class sum and sum of squares of the predictions over valid cells: their spread
+        # tells a model that learned something from one that collapsed to a constant.
+        p = pred.detach().float().permute(0, 2, 3, 1)[batch["frac_valid"]]
+        stats = torch.cat([torch.stack([l1.detach(), cells]), p.sum(0), p.square().sum(0)]) * float(batch["_weight"])
+        self._val = stats if self._val is None else self._val + stats
 
     def on_validation_epoch_end(self) -> None:
+        if self._val is None:
+            return
         total = self._global_sum(self._val)
         if total[1] <= 0:
             return
         self.last_val_loss = float(total[0] / total[1])
+        k = (total.numel() - 2) // 2
+        mean = total[2:2 + k] / total[1]
+        spread = float((total[2 + k:] / total[1] - mean.square()).clamp_min(0).sqrt().max())
+        if spread < 1e-3 and total[1] > 1:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"pretrain: at step {self.global_step} the predicted fractions are the same for every validation "
+                f"cell (largest per-class std {spread:.1e}): the model has collapsed to a constant, as pure L1 does "
+                "on products dominated by one class. Add --ce-weight 1 (docs/pretraining.md, 'Loss').")
         self.log("val_loss", self.last_val_loss, prog_bar=True)
         if self.metrics is not None and self.trainer.is_global_zero:
             self.metrics.add(self.global_step, val_loss=self.last_val_loss)
