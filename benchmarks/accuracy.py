@@ -67,18 +67,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     te_idx = np.arange(len(test)) if te_idx is None else te_idx
     # One frame grid for both sides (tables may differ in length): pad to the longer one.
     t = max(train.values.shape[1], test.values.shape[1])
-
-    def pad(tab):
-        extra = t - tab.values.shape[1]
-        if extra == 0:
-            return tab
-        import dataclasses
-
-        v = np.concatenate([tab.values, np.full((len(tab), extra, tab.values.shape[2]), np.nan, np.float32)], 1)
-        d = np.concatenate([tab.dates, np.full((len(tab), extra), np.datetime64("NaT"), "datetime64[D]")], 1)
-        return dataclasses.replace(tab, values=v, dates=d)
-
-    train, test = pad(train), pad(test)
+    train, test = train.padded(t), test.padded(t)
     names = train.class_names
     y_tr, y_te = train.labels[tr_idx], test.labels[te_idx]
     source = source_from_table(train, tr_idx, "table")

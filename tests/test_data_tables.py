@@ -51,6 +51,18 @@ def test_parquet_equals_csv(table: SeriesTable, csv: Path, tmp_path: Path) -> No
     np.testing.assert_array_equal(small.labels, table.labels[:10])
 
 
+def test_padded_adds_padding_frames_only(table: SeriesTable) -> None:
+    t = table.values.shape[1]
+    assert table.padded(t) is table
+    wide = table.padded(t + 2)
+    assert wide.values.shape == (len(table), t + 2, len(table.bands))
+    np.testing.assert_array_equal(wide.values[:, :t], table.values)
+    assert np.isnan(wide.values[:, t:]).all() and np.isnat(wide.dates[:, t:]).all()
+    np.testing.assert_array_equal(wide.lengths, table.lengths)
+    with pytest.raises(ValueError, match="cannot pad"):
+        table.padded(t - 1)
+
+
 def test_grouped_split_keeps_groups_on_one_side(table: SeriesTable) -> None:
     groups = group_ids(table)
     places, place_of, visits = np.unique(table.coords, axis=0, return_inverse=True, return_counts=True)

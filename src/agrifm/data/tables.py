@@ -63,6 +63,19 @@ class SeriesTable:
                       if isinstance(getattr(self, f.name), np.ndarray)}
         return replace(self, **per_sample)
 
+    def padded(self, frames: int) -> "SeriesTable":
+        """The same samples on a grid of ``frames`` (>= the current) columns: the extra ones are
+        padding (NaN values, NaT dates), so tables of different lengths can share one model input."""
+        extra = frames - self.values.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot pad a table of {self.values.shape[1]} frames to {frames}")
+        if extra == 0:
+            return self
+        n, _, c = self.values.shape
+        values = np.concatenate([self.values, np.full((n, extra, c), np.nan, self.values.dtype)], axis=1)
+        dates = np.concatenate([self.dates, np.full((n, extra), np.datetime64("NaT"), self.dates.dtype)], axis=1)
+        return replace(self, values=values, dates=dates)
+
 
 # --------------------------------------------------------------------------- reading
 

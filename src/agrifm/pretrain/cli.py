@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agrifm.pretrain.shards import INDEX_NAME, ShardDataset, ShardError, atomic_write_text
+from agrifm.pretrain.shards import ShardDataset, ShardError, atomic_write_text
 from agrifm.sensors import Source, get_source
 
 __all__ = ["main", "run", "parse_args", "SourceShards", "open_shard_sets", "source_statistics", "describe_source", "model_config",
@@ -70,12 +70,7 @@ def open_shard_sets(paths: Sequence[str | Path], what: str = "--data") -> dict[s
         s.dirs.append(folder)
         s.indexes.append(index)
     for shard in everything.shards:
-        try:
-            size = shard.path.stat().st_size
-        except OSError as err:
-            raise ShardError(f"{what}: shard {shard.path} listed in its {INDEX_NAME} cannot be read ({err})") from None
-        if size != shard.bytes:
-            raise ShardError(f"{what}: shard {shard.path} is truncated or was modified: {size} bytes, the index says {shard.bytes}")
+        shard.check_size(what)
     return sets
 
 

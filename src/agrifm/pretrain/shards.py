@@ -346,6 +346,18 @@ class _Shard:
     source: str
     x_dtype: str
 
+    def check_size(self, context: str = "") -> None:
+        """ShardError (prefixed with ``context``) if the file is missing, unreadable or not the
+        size its index recorded - a truncated copy is the common failure on shared storage."""
+        prefix = f"{context}: " if context else ""
+        try:
+            size = self.path.stat().st_size
+        except OSError as err:
+            raise ShardError(f"{prefix}shard {self.path}: cannot be read ({err})") from None
+        if size != self.bytes:
+            raise ShardError(f"{prefix}shard {self.path} is truncated or was modified: {size} bytes, "
+                             f"the index says {self.bytes}")
+
 
 def resolve_shard_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Folders with an ``index.json``; a folder without one expands to its direct sub-folders
@@ -536,12 +548,7 @@ class ShardDataset(IterableDataset):
 
     def _raw(self, shard: _Shard) -> Iterator[tuple[_Shard, str, dict[str, bytes]]]:
         """Undecoded samples of one shard, grouped by key; ShardError if the file is damaged."""
-        try:
-            size = shard.path.stat().st_size
-        except OSError as err:
-            raise ShardError(f"shard {shard.path}: cannot be read ({err})") from None
-        if size != shard.bytes:
-            raise ShardError(f"shard {shard.path} is truncated or was modified: {size} bytes, the index says {shard.bytes}")
+        shard.check_size()
         if self.verify:
             sha = hashlib.sha256()
             with open(shard.path, "rb") as f:
