@@ -59,7 +59,16 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
 
     train = read_table(train_path)
     if test_path:
-        test = read_table(test_path, bands=list(train.bands), class_names=train.class_names)
+        test = read_table(test_path, bands=list(train.bands))
+        # A held-out region may hold a class the training table lacks: every model gets it
+        # wrong (counted as errors), rather than the benchmark stopping.
+        unseen = [c for c in test.class_names if c not in train.class_names]
+        if unseen:
+            n = int(np.isin(test.labels, [test.class_names.index(c) for c in unseen]).sum())
+            print(f"warning: {n} test series have class(es) {unseen} absent from the training table; "
+                  f"no model can predict them", flush=True)
+        names = list(train.class_names) + unseen
+        train, test = train.with_classes(names), test.with_classes(names)
         tr_idx, te_idx = np.arange(len(train)), None
     else:
         tr_idx, te_idx = grouped_split(train, holdout, seed=0)

@@ -162,3 +162,40 @@ def test_classification_task_rejects_class_weights_of_the_wrong_length() -> None
         ClassificationTask(model={"preset": "point-small", "embed_dim": 8, "num_heads": [1, 1, 1, 1]},
                            sources={"NDVI": {"bands": ["NDVI"], "resolution_m": 250.0, "units": "index", "mean": [0.5], "std": [0.2]}},
                            class_names=["a", "b", "c"], class_weights=[1.0, 2.0])
+
+
+def test_prior_logit_bias_undoes_the_class_weights_at_the_weighted_loss_optimum() -> None:
+    """Free logits trained with balanced weights, plus the bias, give back the true posterior."""
+    from agrifm.tasks.pointfit import balanced_weights, prior_logit_bias
+
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    posterior = torch.tensor([0.5, 0.3, 0.2])  # p(c|x) at one input
+    for power in (0.5, 1.0):
+        w = torch.tensor(balanced_weights(labels, 3, power))
+        z = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.LBFGS([z], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+        def loss():
+            opt.zero_grad()
+            val = -(posterior * w * torch.log_softmax(z, 0)).sum()
+            val.backward()
+            return val
+
+        opt.step(loss)
+        shifted = torch.softmax(z.detach(), 0)
+        assert shifted[2] > posterior[2]  # the weights push towards the rare class ...
+        restored = torch.softmax(z.detach() + torch.tensor(prior_logit_bias(labels, 3, power)), 0)
+        torch.testing.assert_close(restored, posterior, atol=1e-4, rtol=0)  # ... the bias brings it back
+
+
+def test_add_logit_bias_changes_the_decision_and_checks_the_class_count() -> None:
+    from agrifm.tasks.classification import ClassificationTask
+
+    task = ClassificationTask(model={"preset": "point-small", "embed_dim": 8, "num_heads": [1, 1, 1, 1]},
+                              sources={"NDVI": {"bands": ["NDVI"], "resolution_m": 250.0, "units": "index", "mean": [0.5], "std": [0.2]}},
+                              class_names=["a", "b", "c"]).eval()
+    batch = {"inputs": {"NDVI": torch.randn(4, 8, 1, 1, 1)}, "dates": {"NDVI": torch.arange(8).repeat(4, 1) * 16 + 19000}}
+    task.add_logit_bias([0.0, 50.0, 0.0])
+    assert (task.predict_step(batch, 0).argmax(1) == 1).all()
+    with pytest.raises(ValueError, match="logit bias has 2 values for 3 classes"):
+        task.add_logit_bias([1.0, 2.0])

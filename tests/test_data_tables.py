@@ -148,3 +148,17 @@ def test_table_dataset_and_collate(table: SeriesTable) -> None:
                                   table.dates[0, [0, 3, 6, 9, 13, 16, 19, 22]].astype(np.int64))
     with pytest.raises(ValueError, match=r"source 'S2': band\(s\) .* not in table"):
         TableDataset(table, get_source("S2"))
+
+
+def test_with_classes_maps_labels_onto_a_shared_class_list(tmp_path) -> None:
+    from agrifm.data.tables import TableError, read_table
+
+    rows = [(i, lab, f"2020-01-{d + 1:02d}", 0.1 * d) for i, lab in enumerate(["b", "a", "b"]) for d in range(3)]
+    path = tmp_path / "t.csv"
+    path.write_text("sample_id,label,date,NDVI\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    table = read_table(path)
+    assert table.class_names == ["a", "b"] and table.labels.tolist() == [1, 0, 1]
+    wide = table.with_classes(["c", "b", "a"])
+    assert wide.class_names == ["c", "b", "a"] and wide.labels.tolist() == [1, 2, 1]
+    with pytest.raises(TableError, match=r"class\(es\) \['a'\] not in the class list \['b', 'c'\]"):
+        table.with_classes(["b", "c"])

@@ -91,7 +91,8 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     train, test = tmp_path / "train.csv", tmp_path / "test.parquet"
     small[small["sample_id"].isin(ids[:180])].to_csv(train, index=False)
     te = small[small["sample_id"].isin(ids[180:])]
-    te = te[te["label"].isin(small[small["sample_id"].isin(ids[:180])]["label"].unique())]
+    te = te[te["label"].isin(small[small["sample_id"].isin(ids[:180])]["label"].unique())].copy()
+    te.loc[te["sample_id"] == te["sample_id"].iloc[0], "label"] = "Rice"  # a class training never saw
     te.to_parquet(test, index=False)
     out = tmp_path / "acc.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(train), "--test", str(test),
@@ -105,3 +106,6 @@ def test_accuracy_benchmark_json_contract(tmp_path):
         assert 0.0 <= s[model]["oa"] <= 1.0
     assert set(s["early_season"]) == {"0.25", "0.5", "0.75", "1"}
     assert "early season" in r.stdout
+    assert "1 test series have class(es) ['Rice'] absent from the training table" in r.stdout
+    assert s["agrifm"]["n_test"] == te["sample_id"].nunique()  # the unseen-class series is scored, not dropped
+    assert "Rice" in s["setup"]["classes"]

@@ -63,6 +63,16 @@ class SeriesTable:
                       if isinstance(getattr(self, f.name), np.ndarray)}
         return replace(self, **per_sample)
 
+    def with_classes(self, class_names: Sequence[str]) -> "SeriesTable":
+        """The same samples with label ids into ``class_names`` (a superset of this table's
+        classes), so tables read separately share one id per class."""
+        names = [str(c) for c in class_names]
+        missing = [c for c in self.class_names if c not in names]
+        if missing:
+            raise TableError(f"{self.path}: class(es) {missing} not in the class list {names}")
+        remap = np.array([names.index(c) for c in self.class_names], dtype=np.int64)
+        return replace(self, labels=remap[self.labels], class_names=names)
+
     def padded(self, frames: int) -> "SeriesTable":
         """The same samples on a grid of ``frames`` (>= the current) columns: the extra ones are
         padding (NaN values, NaT dates), so tables of different lengths can share one model input."""

@@ -6,7 +6,7 @@ The paper lists dense-only output as a limitation; this task classifies a pixel'
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,19 @@ class ClassificationTask(AgriFMTask):
         target = batch["label"].long()
         loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index, label_smoothing=self.hparams.label_smoothing)
         return loss, logits.detach(), target
+
+    @torch.no_grad()
+    def add_logit_bias(self, bias: Sequence[float]) -> None:
+        """Add ``bias`` (one value per class) to the classifier's output bias, in place.
+
+        Folding a decision correction into the weights keeps every consumer of the checkpoint
+        (``predict``, the demo, exported ``.safetensors``) making the same decision.
+        """
+        last = self.model.head.mlp[-1]
+        b = torch.as_tensor(bias, dtype=last.bias.dtype, device=last.bias.device)
+        if b.shape != last.bias.shape:
+            raise ValueError(f"logit bias has {b.numel()} values for {last.bias.numel()} classes {self.class_names}")
+        last.bias += b
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self.model(batch["inputs"], batch.get("dates"), weights=batch.get("weights")).softmax(dim=1)
