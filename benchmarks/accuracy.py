@@ -29,7 +29,7 @@ from agrifm.data.tables import grouped_split, read_table  # noqa: E402
 from agrifm.data.timeseries import fill_series  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
-    PointFitConfig, fit_point_classifier, predict_table, source_from_table, truncate_table,
+    PointFitConfig, fit_point_classifier, predict_table, source_from_table,
 )
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -94,7 +94,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
         cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, agrifm_steps, 200)
         task = fit_point_classifier(train, tr_idx, source, cfg)
         for f in FRACTIONS:
-            probs = predict_table(task, truncate_table(test, f), te_idx, source)
+            probs = predict_table(task, test.truncated(f), te_idx, source)
             curve[f].append(_scores(y_te, probs.argmax(1), names))
         results["agrifm"].append(curve[1.0][-1])
         t1 = time.time()

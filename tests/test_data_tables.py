@@ -162,3 +162,22 @@ def test_with_classes_maps_labels_onto_a_shared_class_list(tmp_path) -> None:
     assert wide.class_names == ["c", "b", "a"] and wide.labels.tolist() == [1, 2, 1]
     with pytest.raises(TableError, match=r"class\(es\) \['a'\] not in the class list \['b', 'c'\]"):
         table.with_classes(["b", "c"])
+
+
+def test_truncated_cuts_each_series_at_a_fraction_of_its_own_frames(tmp_path) -> None:
+    from agrifm.data.tables import read_table
+
+    rows = [(0, "a", f"2020-01-{d + 1:02d}", float(d)) for d in range(8)]  # 8 frames
+    rows += [(1, "b", f"2020-02-{d + 1:02d}", float(d)) for d in range(4)]  # 4 frames (a shorter record)
+    path = tmp_path / "t.csv"
+    path.write_text("sample_id,label,date,NDVI\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    table = read_table(path)
+    quarter = table.truncated(0.25)
+    assert quarter.lengths.tolist() == [2, 1] and quarter.values.shape[:2] == (2, 2)
+    assert quarter.values[0, :, 0].tolist() == [0.0, 1.0] and np.isnan(quarter.values[1, 1, 0])
+    assert np.isnat(quarter.dates[1, 1]) and quarter.dates[1, 0] == np.datetime64("2020-02-01")
+    half = table.truncated(0.5)
+    assert half.lengths.tolist() == [4, 2]
+    assert table.truncated(1.0).lengths.tolist() == [8, 4]
+    with pytest.raises(ValueError, match="fraction must be in"):
+        table.truncated(0.0)

@@ -73,6 +73,17 @@ class SeriesTable:
         remap = np.array([names.index(c) for c in self.class_names], dtype=np.int64)
         return replace(self, labels=remap[self.labels], class_names=names)
 
+    def truncated(self, fraction: float) -> "SeriesTable":
+        """Early season: every series keeps the first ``ceil(fraction · its length)`` frames (at least one)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        lengths = np.maximum(1, np.ceil(fraction * self.lengths - 1e-9).astype(np.int64))
+        t = int(lengths.max()) if len(lengths) else 0
+        cut = np.arange(t)[None, :] >= lengths[:, None]  # (N, t): frames past each series' cut
+        values = np.where(cut[..., None], np.nan, self.values[:, :t])
+        dates = np.where(cut, np.datetime64("NaT"), self.dates[:, :t])
+        return replace(self, values=values.astype(self.values.dtype), dates=dates, lengths=lengths)
+
     def padded(self, frames: int) -> "SeriesTable":
         """The same samples on a grid of ``frames`` (>= the current) columns: the extra ones are
         padding (NaN values, NaT dates), so tables of different lengths can share one model input."""

@@ -20,7 +20,7 @@ from agrifm.data.tables import SeriesTable
 from agrifm.data.timeseries import fill_series
 from agrifm.sensors import Source
 
-__all__ = ["PointFitConfig", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table", "fit_point_classifier", "predict_table", "truncate_table"]
+__all__ = ["PointFitConfig", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table", "fit_point_classifier", "predict_table"]
 
 
 @dataclass
@@ -193,14 +193,6 @@ def _callbacks(cfg: PointFitConfig) -> list:
 
     # Start after warm-up: averaging the random initial weights in only slows convergence.
     return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
-
-
-def truncate_table(table: SeriesTable, fraction: float) -> SeriesTable:
-    """Keep the first ceil(fraction·T) frames of every series (early season)."""
-    t = table.values.shape[1]
-    k = max(1, int(np.ceil(fraction * t)))
-    return dataclasses.replace(table, values=table.values[:, :k], dates=table.dates[:, :k],
-                               lengths=np.minimum(table.lengths, k))
 
 
 @torch.no_grad()
