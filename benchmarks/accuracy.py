@@ -3,6 +3,8 @@
 
     python benchmarks/accuracy.py --train TRAIN.csv --test TEST.csv [--seeds 3] [--json OUT]
     python benchmarks/accuracy.py --train TABLE.csv --holdout 0.3 ...   (grouped split of one table)
+    ... --plot OUT.png          (bars per model with their spread, and the early-season curve)
+    ... --set lr=0.002 --set model.embed_dim=48   (override AgriFM's PointFitConfig defaults)
 
 TABLE: long CSV/Parquet with ``sample_id``, ``label``, ``date`` and one numeric column per band
 (any names, any count, gaps allowed). Models: AgriFM (point classifier, trained in the
@@ -15,6 +17,7 @@ model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -54,7 +57,39 @@ def _steps_epochs(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
     return max(1, min(max_epochs, max_steps // per_epoch))
 
 
-def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs -> PointFitConfig overrides; ``model.KEY`` goes into the model dict.
+
+    Values are parsed as JSON where they can be (``0.002``, ``[2, 2]``, ``true``), else kept as text."""
+    fields = {f.name for f in dataclasses.fields(PointFitConfig)} - {"seed", "progress"}
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.startswith("model."):
+            out.setdefault("model", {})[key[6:]] = value
+        elif key in fields:
+            out[key] = value
+        else:
+            raise SystemExit(f"--set {pair!r}: unknown setting {key!r}; settings: {sorted(fields)} or model.<key>")
+    return out
+
+
+def _config(seed: int, quiet: bool, overrides: dict) -> PointFitConfig:
+    over = dict(overrides)
+    model = over.pop("model", {})
+    cfg = PointFitConfig(seed=seed, progress=not quiet, **{"random_truncation": 0.25, **over})
+    cfg.model.update(model)
+    return cfg
+
+
+def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
+        overrides: dict | None = None) -> dict:
     from agrifm.models.baselines import RandomForestBaseline, TemporalCNN, predict_logits, train_torch_classifier
 
     train = read_table(train_path)
@@ -90,7 +125,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
     for seed in range(seeds):
         t0 = time.time()
-        cfg = PointFitConfig(seed=seed, progress=not quiet, random_truncation=0.25)
+        cfg = _config(seed, quiet, overrides or {})
         cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, agrifm_steps, 200)
         task = fit_point_classifier(train, tr_idx, source, cfg)
         for f in FRACTIONS:
@@ -125,7 +160,8 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     summary["early_season"] = {f"{f:g}": agg(rows) for f, rows in curve.items()}
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
                         "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
-                        "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d")}
+                        "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
+                        "agrifm_overrides": overrides or {}}
     return summary
 
 
@@ -139,6 +175,44 @@ def print_table(s: dict) -> None:
         print(f"  first {float(f):>4.0%} of frames: OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}")
 
 
+LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN"}
+
+
+def plot(s: dict, path: str) -> None:
+    """Left: OA and mF1 per model (bars = mean, whiskers = std over seeds). Right: the early-season curve."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, curve = fig.subplots(1, 2, width_ratios=(1.2, 1))
+    x = np.arange(len(LABELS))
+    for i, (metric, color) in enumerate((("oa", "#4c72b0"), ("mf1", "#dd8452"))):
+        mean = [s[m][metric] for m in LABELS]
+        std = [s[m][f"{metric}_std"] for m in LABELS]
+        bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, color=color, label=metric.upper().replace("MF1", "mF1"))
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+    lo = min(min(s[m]["oa"], s[m]["mf1"]) for m in LABELS)
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_xticks(x, list(LABELS.values()))
+    ax.set_title(f"held-out accuracy (n_test={s['agrifm']['n_test']}, {s['agrifm']['seeds']} seeds)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fr = [float(f) for f in s["early_season"]]
+    for metric, color in (("oa", "#4c72b0"), ("mf1", "#dd8452")):
+        mean = np.array([r[metric] for r in s["early_season"].values()])
+        std = np.array([r[f"{metric}_std"] for r in s["early_season"].values()])
+        curve.plot(fr, mean, "o-", color=color, label=f"AgriFM {metric.upper().replace('MF1', 'mF1')}")
+        curve.fill_between(fr, mean - std, mean + std, color=color, alpha=0.2)
+    curve.set_xticks(fr, [f"{f:.0%}" for f in fr])
+    curve.set_xlabel("frames kept (from the start of each series)")
+    curve.set_ylim(0.0, 1.0)
+    curve.grid(alpha=0.3)
+    curve.set_title("AgriFM early season (one model)", fontsize=10)
+    curve.legend(loc="lower right", fontsize=8)
+    fig.suptitle(Path(s["setup"]["train"]).name + " vs " + Path(s["setup"]["test"]).name, fontsize=10)
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", required=True, help="training table (long CSV/Parquet)")
@@ -148,14 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agrifm-steps", type=int, default=2400, help="training steps budget for AgriFM per seed")
     ap.add_argument("--json", default=None, help="write the summary here")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--plot", default=None, help="write a PNG of the table and the early-season curve here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an AgriFM PointFitConfig setting (model.KEY for the model dict); repeatable")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)  # small models: 1 thread avoids OpenMP stalls on busy machines
-    s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet)
+    s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides)
     print_table(s)
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=2))
         print(f"\nwrote {args.json}")
+    if args.plot:
+        plot(s, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

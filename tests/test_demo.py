@@ -96,7 +96,8 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     te.to_parquet(test, index=False)
     out = tmp_path / "acc.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(train), "--test", str(test),
-                        "--seeds", "1", "--agrifm-steps", "10", "--json", str(out), "--quiet"],
+                        "--seeds", "1", "--agrifm-steps", "10", "--json", str(out), "--quiet",
+                        "--plot", str(tmp_path / "acc.png"), "--set", "lr=0.002", "--set", "model.embed_dim=16"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(out.read_text())
@@ -109,3 +110,11 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     assert "1 test series have class(es) ['Rice'] absent from the training table" in r.stdout
     assert s["agrifm"]["n_test"] == te["sample_id"].nunique()  # the unseen-class series is scored, not dropped
     assert "Rice" in s["setup"]["classes"]
+    assert s["setup"]["agrifm_overrides"] == {"lr": 0.002, "model": {"embed_dim": 16}}
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_benchmark_rejects_unknown_settings():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", "x.csv", "--set", "lrate=1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "unknown setting 'lrate'" in r.stderr
