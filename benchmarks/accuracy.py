@@ -196,7 +196,7 @@ def plot(s: dict, path: str) -> None:
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_xticks(x, list(LABELS.values()))
     ax.set_title(f"held-out accuracy (n_test={s['agrifm']['n_test']}, {s['agrifm']['seeds']} seeds)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=8, frameon=False)
     fr = [float(f) for f in s["early_season"]]
     for metric, color in (("oa", "#4c72b0"), ("mf1", "#dd8452")):
         mean = np.array([r[metric] for r in s["early_season"].values()])
@@ -209,7 +209,10 @@ def plot(s: dict, path: str) -> None:
     curve.grid(alpha=0.3)
     curve.set_title("AgriFM early season (one model)", fontsize=10)
     curve.legend(loc="lower right", fontsize=8)
-    fig.suptitle(Path(s["setup"]["train"]).name + " vs " + Path(s["setup"]["test"]).name, fontsize=10)
+    def short(p: str) -> str:  # "region/train.csv" says more than "train.csv"
+        return "/".join(Path(p).parts[-2:]) if Path(p).suffix else p
+
+    fig.suptitle(f"train {short(s['setup']['train'])}, test {short(s['setup']['test'])}", fontsize=10)
     fig.savefig(path, dpi=120)
 
 
