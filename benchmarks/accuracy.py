@@ -176,6 +176,12 @@ def print_table(s: dict) -> None:
 
 
 LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN"}
+METRICS = {"oa": ("OA", "#4c72b0"), "mf1": ("mF1", "#dd8452")}  # name, colour
+
+
+def _short(path: str) -> str:
+    """``region/train.csv`` says more than ``train.csv``; a hold-out description stays as it is."""
+    return "/".join(Path(path).parts[-2:]) if Path(path).suffix else path
 
 
 def plot(s: dict, path: str) -> None:
@@ -187,32 +193,28 @@ def plot(s: dict, path: str) -> None:
     FigureCanvasAgg(fig)
     ax, curve = fig.subplots(1, 2, width_ratios=(1.2, 1))
     x = np.arange(len(LABELS))
-    for i, (metric, color) in enumerate((("oa", "#4c72b0"), ("mf1", "#dd8452"))):
+    fr = [float(f) for f in s["early_season"]]
+    for i, (metric, (name, color)) in enumerate(METRICS.items()):
         mean = [s[m][metric] for m in LABELS]
         std = [s[m][f"{metric}_std"] for m in LABELS]
-        bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, color=color, label=metric.upper().replace("MF1", "mF1"))
+        bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, color=color, label=name)
         ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+        mean = np.array([r[metric] for r in s["early_season"].values()])
+        std = np.array([r[f"{metric}_std"] for r in s["early_season"].values()])
+        curve.plot(fr, mean, "o-", color=color, label=f"AgriFM {name}")
+        curve.fill_between(fr, mean - std, mean + std, color=color, alpha=0.2)
     lo = min(min(s[m]["oa"], s[m]["mf1"]) for m in LABELS)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_xticks(x, list(LABELS.values()))
     ax.set_title(f"held-out accuracy (n_test={s['agrifm']['n_test']}, {s['agrifm']['seeds']} seeds)", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=8, frameon=False)
-    fr = [float(f) for f in s["early_season"]]
-    for metric, color in (("oa", "#4c72b0"), ("mf1", "#dd8452")):
-        mean = np.array([r[metric] for r in s["early_season"].values()])
-        std = np.array([r[f"{metric}_std"] for r in s["early_season"].values()])
-        curve.plot(fr, mean, "o-", color=color, label=f"AgriFM {metric.upper().replace('MF1', 'mF1')}")
-        curve.fill_between(fr, mean - std, mean + std, color=color, alpha=0.2)
     curve.set_xticks(fr, [f"{f:.0%}" for f in fr])
     curve.set_xlabel("frames kept (from the start of each series)")
     curve.set_ylim(0.0, 1.0)
     curve.grid(alpha=0.3)
     curve.set_title("AgriFM early season (one model)", fontsize=10)
     curve.legend(loc="lower right", fontsize=8)
-    def short(p: str) -> str:  # "region/train.csv" says more than "train.csv"
-        return "/".join(Path(p).parts[-2:]) if Path(p).suffix else p
-
-    fig.suptitle(f"train {short(s['setup']['train'])}, test {short(s['setup']['test'])}", fontsize=10)
+    fig.suptitle(f"train {_short(s['setup']['train'])}, test {_short(s['setup']['test'])}", fontsize=10)
     fig.savefig(path, dpi=120)
 
 

@@ -73,55 +73,57 @@ def _write(out: Path, name: str, df: pd.DataFrame, west: np.ndarray | None, max_
     print(f"{name}: {len(train_ids)} training series (west), {len(test_ids)} held-out series (east) -> {d}")
 
 
+def _series(stack) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole stack (nodata and masked dates already NaN) -> ``(T, C, H, W)``, lon, lat per pixel."""
+    a = stack.read()
+    _, _, h, w = a.data.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    lon, lat = _lonlat(a.transform, a.crs, rows, cols)
+    return a.data, lon.reshape(h, w), lat.reshape(h, w)
+
+
 def belgium(data: Path, out: Path, max_train: int, seed: int) -> None:
     import rasterio
 
+    from agrifm.data.stack import open_stack
+
     cube = data / "worldcereal_belgium" / "test_cube_100x100"
-    files = sorted(cube.glob("S2_*.tif"))
-    frames = []
-    for f in files:
-        with rasterio.open(f) as src:
-            x = src.read().astype(np.float32)
-            x[x == src.nodata] = np.nan
-            bands, transform, crs = list(src.descriptions), src.transform, src.crs
-        frames.append(x * 1e-4)  # uint16 reflectance x 1e4
-    x = np.stack(frames)  # (T, C, H, W)
+    stack = open_stack(cube)
+    x, lon, lat = _series(stack)
+    x = x * 1e-4  # uint16 reflectance x 1e4, no scale in the files
     t, c, h, w = x.shape
     with rasterio.open(cube / "pseudo_labels" / "cropland_classification.tif") as src:
         raw = src.read(1)
     labels = np.where(raw == 0, "cropland", "other")  # raw 0 = cropland (see the data README)
-    rows, cols = np.divmod(np.arange(h * w), w)
-    lon, lat = _lonlat(transform, crs, rows, cols)
     values = x.reshape(t, c, h * w).transpose(2, 0, 1)
-    dates = [f.stem.split("_")[1] + "-15" for f in files]
-    df = _long(values, dates, bands, labels.reshape(-1), lon, lat, np.array([f"be{i}" for i in range(h * w)]))
+    dates = [str(d + 14) for d in stack.dates]  # monthly composites: dated mid-month
+    cols = np.arange(h * w) % w
+    df = _long(values, dates, stack.bands, labels.reshape(-1), lon.reshape(-1), lat.reshape(-1),
+               np.array([f"be{i}" for i in range(h * w)]))
     _write(out, "belgium_cropland", df, cols < w // 2, max_train, seed)
 
 
 def slovenia(data: Path, out: Path, max_train: int, seed: int) -> None:
     import rasterio
 
+    from agrifm.data.stack import open_stack
+
     d = data / "eolearn_slovenia"
-    with rasterio.open(d / "NDVI.tif") as src:
-        ndvi, stamps, transform, crs = src.read(), list(src.descriptions), src.transform, src.crs
-    with rasterio.open(d / "IS_VALID.tif") as src:
-        valid = src.read().astype(bool)
+    stack = open_stack(d / "NDVI.tif", bands=["NDVI"], mask=d / "IS_VALID.tif", mask_kind="valid")
+    ndvi, lon, lat = _series(stack)
+    days, first = np.unique(stack.dates, return_index=True)  # one acquisition per day (2015-12-08 has two)
+    ndvi = ndvi[first, 0]
     with rasterio.open(d / "LULC.tif") as src:
         lulc = src.read(1)
     names = {int(k): v for k, v in json.loads((d / "lulc_classes.json").read_text()).items()}
-    ndvi = np.where(valid, ndvi, np.nan).astype(np.float32)
-    days = [s[:10] for s in stamps]
-    keep = [i for i, day in enumerate(days) if day not in days[:i]]  # one acquisition per day
-    ndvi, days = ndvi[keep], [days[i] for i in keep]
-    t, h, w = ndvi.shape
     counts = np.bincount(lulc.reshape(-1), minlength=len(names))
     classes = [k for k in range(1, len(names)) if counts[k] >= 100]  # 0 is unlabelled
     rows, cols = np.nonzero(np.isin(lulc, classes))
-    lon, lat = _lonlat(transform, crs, rows, cols)
     values = ndvi[:, rows, cols].T[:, :, None]
     labels = np.array([names[k] for k in lulc[rows, cols]])
-    df = _long(values, days, ["NDVI"], labels, lon, lat, np.array([f"si{r}_{c}" for r, c in zip(rows, cols)]))
-    _write(out, "slovenia_landcover", df, cols < w // 2, max_train, seed)
+    df = _long(values, [str(day) for day in days], ["NDVI"], labels, lon[rows, cols], lat[rows, cols],
+               np.array([f"si{r}_{c}" for r, c in zip(rows, cols)]))
+    _write(out, "slovenia_landcover", df, cols < ndvi.shape[-1] // 2, max_train, seed)
 
 
 def mato_grosso(data: Path, out: Path, seed: int) -> None:

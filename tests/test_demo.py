@@ -118,3 +118,27 @@ def test_accuracy_benchmark_rejects_unknown_settings():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", "x.csv", "--set", "lrate=1"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "unknown setting 'lrate'" in r.stderr
+
+
+def test_raster_tables_cut_the_held_out_tables_the_readme_reports(tmp_path):
+    """Sizes, classes, bands and dates of the README's "other held-out tables"."""
+    need(DATA / "worldcereal_belgium")
+    need(DATA / "eolearn_slovenia")
+    from agrifm.data.tables import read_table
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "raster_tables.py"), "--data", str(DATA), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    def cols(table):  # pixel column from the ids (be<row*100+col>, si<row>_<col>)
+        return np.array([int(i[2:]) % 100 if i.startswith("be") else int(i.split("_")[1]) for i in table.sample_ids])
+
+    expect = {"belgium_cropland": (3000, 5000, 2, 9, 12), "slovenia_landcover": (3000, 4998, 4, 1, 67)}
+    for name, (n_train, n_test, k, c, t) in expect.items():
+        train, test = read_table(tmp_path / name / "train.csv"), read_table(tmp_path / name / "test.csv")
+        assert (len(train), len(test), len(train.class_names), len(train.bands), train.values.shape[1]) == (n_train, n_test, k, c, t)
+        assert cols(train).max() < 50 <= cols(test).min()  # west half trains, east half tests
+    slovenia = read_table(tmp_path / "slovenia_landcover" / "train.csv")
+    assert 0.3 < np.isnan(slovenia.values).mean() < 0.5  # cloudy dates are gaps, not values
+    vi = read_table(tmp_path / "mato_grosso_vi" / "table.csv")
+    assert vi.bands == ("EVI", "NDVI") and len(vi) == 1327
+    assert len(read_table(tmp_path / "mato_grosso_small" / "table.csv")) == 334

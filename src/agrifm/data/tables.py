@@ -82,7 +82,7 @@ class SeriesTable:
         cut = np.arange(t)[None, :] >= lengths[:, None]  # (N, t): frames past each series' cut
         values = np.where(cut[..., None], np.nan, self.values[:, :t])
         dates = np.where(cut, np.datetime64("NaT"), self.dates[:, :t])
-        return replace(self, values=values.astype(self.values.dtype), dates=dates, lengths=lengths)
+        return replace(self, values=values, dates=dates, lengths=lengths)  # NaN is weak-typed: stays float32
 
     def padded(self, frames: int) -> "SeriesTable":
         """The same samples on a grid of ``frames`` (>= the current) columns: the extra ones are

@@ -133,12 +133,13 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    labels = table.labels[np.asarray(train_index)]
     task = ClassificationTask(
         model=dict(cfg.model), sources={source.name: source}, class_names=table.class_names,
         class_colors=[list(c) for c in class_colors] if class_colors else None,
         lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, min_lr=cfg.lr * 0.01,
         label_smoothing=cfg.label_smoothing, input_noise=cfg.input_noise,
-        class_weights=balanced_weights(table.labels[np.asarray(train_index)], len(table.class_names), cfg.class_balance),
+        class_weights=balanced_weights(labels, len(table.class_names), cfg.class_balance),
     )
     train = _loader(table, source, train_index, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
                     truncate=_Truncate(cfg.random_truncation, cfg.min_fraction, cfg.seed))
@@ -157,20 +158,20 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer.fit(task, train, val)
     if cfg.prior_correction and cfg.class_balance > 0:
-        task.add_logit_bias(prior_logit_bias(table.labels[np.asarray(train_index)], len(table.class_names),
-                                             cfg.class_balance))
+        task.add_logit_bias(prior_logit_bias(labels, len(table.class_names), cfg.class_balance))
     return task.eval()
 
 
 def prior_logit_bias(labels: np.ndarray, num_classes: int, power: float) -> list[float]:
-    """``power·log(count)`` per class, centred: undoes :func:`balanced_weights` at decision time.
+    """``-log`` of :func:`balanced_weights`, centred: undoes the weighting at decision time.
 
-    Cross-entropy weighted by ``count^-power`` is minimised by ``p(c|x)·count_c^-power``
-    (normalised); adding ``power·log(count_c)`` to the logits restores ``p(c|x)``. A class
-    absent from training is treated as seen once, as in :func:`balanced_weights`.
+    Cross-entropy weighted by ``w_c`` is minimised by ``p(c|x)·w_c`` (normalised); adding
+    ``-log w_c = power·log(count_c) + const`` to the logits restores ``p(c|x)``.
     """
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    log = np.log(np.maximum(counts, 1.0)) * power
+    w = balanced_weights(labels, num_classes, power)
+    if w is None:
+        return [0.0] * num_classes
+    log = -np.log(w)
     return (log - log.mean()).tolist()
 
 
