@@ -7,9 +7,10 @@
     ... --set lr=0.002 --set model.embed_dim=48   (override AgriFM's PointFitConfig defaults)
 
 TABLE: long CSV/Parquet with ``sample_id``, ``label``, ``date`` and one numeric column per band
-(any names, any count, gaps allowed). Models: AgriFM (point classifier, trained in the
-variable-length mode), a Random Forest on the flattened series, and a TempCNN. Every figure is
-the mean over seeds with its standard deviation. Also prints AgriFM's early-season curve:
+(any names, any count, gaps allowed). Models: AgriFM (point classifier trained in the
+variable-length mode; by default an ensemble of two, ``PointFitConfig.members``), a Random
+Forest on the flattened series, and a TempCNN. Every figure is the mean over seeds with its
+standard deviation. Also prints AgriFM's early-season curve:
 held-out OA/mF1 with each series cut after 1/4, 1/2, 3/4 and all of its frames, from the same
 model.
 """
@@ -161,7 +162,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
                         "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
-                        "agrifm_overrides": overrides or {}}
+                        "agrifm_overrides": overrides or {}, "agrifm_members": cfg.members}
     return summary
 
 
@@ -170,7 +171,7 @@ def print_table(s: dict) -> None:
     for name in ("agrifm", "random_forest", "temporal_cnn"):
         r = s[name]
         print(f"{name:<14} {r['oa']:.4f} ± {r['oa_std']:.4f}  {r['mf1']:.4f} ± {r['mf1_std']:.4f}  {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
-    print("\nAgriFM early season (one model, variable-length mode):")
+    print("\nAgriFM early season (the same model, variable-length mode):")
     for f, r in s["early_season"].items():
         print(f"  first {float(f):>4.0%} of frames: OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}")
 
@@ -212,7 +213,7 @@ def plot(s: dict, path: str) -> None:
     curve.set_xlabel("frames kept (from the start of each series)")
     curve.set_ylim(0.0, 1.0)
     curve.grid(alpha=0.3)
-    curve.set_title("AgriFM early season (one model)", fontsize=10)
+    curve.set_title("AgriFM early season (the same model)", fontsize=10)
     curve.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"train {_short(s['setup']['train'])}, test {_short(s['setup']['test'])}", fontsize=10)
     fig.savefig(path, dpi=120)

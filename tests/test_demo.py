@@ -41,6 +41,8 @@ def test_demo_checkpoint_describes_itself(demo_out):
     src = model.meta.sources["MOD13Q1"]
     assert set(src.bands) == {"NDVI", "EVI"} and model.meta.task == "classification"
     assert len(model.meta.class_names) == 9 and model.meta.extra["smoothing"]["method"] == "whittaker"
+    members = json.loads((demo_out[0] / "metrics.json").read_text())["members"]
+    assert model.meta.members == members == len(getattr(model, "members", [model]))
 
 
 def test_demo_map_is_a_valid_cog_on_the_cube_grid(demo_out):

@@ -21,6 +21,7 @@ from torch import nn
 from agrifm import __version__
 from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
+from agrifm.models.ensemble import Ensemble
 from agrifm.sensors import Source, get_source
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_colors", "CheckpointMeta",
@@ -28,6 +29,7 @@ __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_
 
 FORMAT = "agrifm/1"
 TASKS = ("segmentation", "classification", "boundary", "pretrain")
+ENSEMBLE_TASKS = ("segmentation", "classification")  # one softmax over classes: members' probabilities average
 
 
 def default_colors(n: int) -> list[tuple[int, int, int]]:
@@ -50,10 +52,13 @@ class CheckpointMeta:
     class_colors: list[tuple[int, int, int]] = field(default_factory=list)
     frames: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    members: int = 1  # > 1: an ensemble of that many models of ``model`` (weights ``members.{i}.*``)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r}: expected one of {TASKS}")
+        if not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(f"members {self.members!r}: expected a positive whole number")
         if not self.class_colors:
             self.class_colors = default_colors(len(self.class_names))
         for name, n in self.model.sources.items():
@@ -67,6 +72,7 @@ class CheckpointMeta:
             "format": FORMAT, "version": __version__, "task": self.task, "model": self.model.to_dict(),
             "sources": {k: v.to_dict() for k, v in self.sources.items()}, "class_names": list(self.class_names),
             "class_colors": [list(c) for c in self.class_colors], "frames": self.frames, "extra": self.extra,
+            **({"members": self.members} if self.members > 1 else {}),  # single models: the format as before
         })
 
     @classmethod
@@ -78,7 +84,7 @@ class CheckpointMeta:
             task=d["task"], model=ModelConfig.from_dict(d["model"]),
             sources={k: Source.from_dict(v) for k, v in d["sources"].items()},
             class_names=list(d["class_names"]), class_colors=[tuple(c) for c in d["class_colors"]],
-            frames=d.get("frames"), extra=d.get("extra", {}),
+            frames=d.get("frames"), extra=d.get("extra", {}), members=d.get("members", 1),
         )
 
 
@@ -95,7 +101,7 @@ def atomic_path(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_model(
-    model: AgriFM,
+    model: AgriFM | Ensemble,
     path: str | Path,
     *,
     task: str,
@@ -108,8 +114,14 @@ def save_model(
     """Write weights + description to one ``.safetensors`` file (atomically)."""
     from safetensors.torch import save_file
 
+    if isinstance(model, Ensemble) and len(model) == 1:
+        model = model.members[0]  # one member is a plain model, stored as one
+    members = len(model) if isinstance(model, Ensemble) else 1
+    if members > 1 and task not in ENSEMBLE_TASKS:
+        raise ValueError(f"an ensemble checkpoint needs a task whose output is class probabilities {ENSEMBLE_TASKS}, not {task!r}")
     sources = dict(sources or {name: get_source(name) for name in model.config.sources})
-    meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames, dict(extra or {}))
+    meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames,
+                          dict(extra or {}), members)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp, final = atomic_path(path)
     try:
@@ -136,12 +148,13 @@ def read_metadata(path: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_json(meta["agrifm"], str(path))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM:
-    """Rebuild a model from our checkpoint file alone; ``model.meta`` holds its description."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM | Ensemble:
+    """Rebuild a model (or an :class:`Ensemble`) from our checkpoint file alone; ``model.meta``
+    holds its description."""
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
-    model = AgriFM(meta.model)
+    model = Ensemble.build(meta.model, meta.members) if meta.members > 1 else AgriFM(meta.model)
     state = load_file(str(path))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -162,7 +175,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 class ModelPredictor:
     """Adapts a loaded model to the scene engine's predictor protocol (probabilities out)."""
 
-    def __init__(self, model: AgriFM, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+    def __init__(self, model: AgriFM | Ensemble, device: str | torch.device = "cpu", precision: str = "auto") -> None:
         meta: CheckpointMeta = model.meta
         if meta.task == "pretrain":
             raise ValueError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")

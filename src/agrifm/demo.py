@@ -100,7 +100,8 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
     source = source_from_table(table, train_idx, "MOD13Q1", base=get_source("MOD13Q1"))
     cfg = PointFitConfig(epochs=epochs, seed=seed, progress=progress)
     colors = [CLASS_COLORS.get(c, (128, 128, 128)) for c in table.class_names]
-    print(f"[3/4] training AgriFM point classifier ({epochs} epochs, Whittaker smoothing lambda={smoothing})")
+    what = f"an ensemble of {cfg.members} AgriFM point classifiers" if cfg.members > 1 else "the AgriFM point classifier"
+    print(f"[3/4] training {what} ({epochs} epochs, Whittaker smoothing lambda={smoothing})")
     task = fit_point_classifier(table, train_idx, source, cfg, class_colors=colors)
     probs = predict_table(task, table, test_idx, source)
     k = len(table.class_names)
@@ -122,7 +123,7 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
         "per_class_f1": {c: (None if f != f else f) for c, f in held["per_class_f1"].items()},
         "points_agreement": pts["agreement"], "points": pts["points"],
         "n_train": int(len(train_idx)), "n_test": int(len(test_idx)), "classes": table.class_names,
-        "smoothing": {"method": "whittaker", "lambda": smoothing}, "epochs": epochs, "seed": seed,
+        "smoothing": {"method": "whittaker", "lambda": smoothing}, "epochs": epochs, "seed": seed, "members": cfg.members,
         "confusion_matrix": cm.tolist(), "seconds": round(time.time() - t0, 1),
     }
     tmp, final = atomic_path(out / "metrics.json")

@@ -113,4 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         if part == "total":
             print("-" * (width + 29))
         print(f"{part:<{width}}  {n:>12,}  {g:>13.2f}")
+    members = _members(args.config)
+    if members > 1:
+        print(f"an ensemble of {members} such models: {members}x the parameters and GFLOP")
     return 0
+
+
+def _members(spec: str) -> int:
+    if not spec.endswith(".safetensors"):
+        return 1
+    from agrifm.checkpoint import read_metadata
+
+    return read_metadata(spec).members

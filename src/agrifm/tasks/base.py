@@ -124,14 +124,16 @@ class AgriFMTask(L.LightningModule):
             from agrifm.checkpoint import read_metadata
 
             try:
-                read_metadata(p)
-                ours = True
+                meta = read_metadata(p)
             except ValueError:
-                ours = False
-            if ours:
+                meta = None
+            if meta is not None:
                 from safetensors.torch import load_file
 
                 state = load_file(str(p))
+                if meta.members > 1:  # an ensemble: fine-tune from its first member
+                    rank_zero_info(f"init from {p}: an ensemble of {meta.members}; using member 0")
+                    state = {k[len("members.0."):]: v for k, v in state.items() if k.startswith("members.0.")}
                 own = self.model.state_dict()
                 keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
                 self.model.load_state_dict(keep, strict=False)

@@ -49,11 +49,13 @@ class ClassificationTask(AgriFMTask):
         Folding a decision correction into the weights keeps every consumer of the checkpoint
         (``predict``, the demo, exported ``.safetensors``) making the same decision.
         """
-        last = self.model.head.mlp[-1]
-        b = torch.as_tensor(bias, dtype=last.bias.dtype, device=last.bias.device)
-        if b.shape != last.bias.shape:
-            raise ValueError(f"logit bias has {b.numel()} values for {last.bias.numel()} classes {self.class_names}")
-        last.bias += b
+        members = getattr(self.model, "members", [self.model])  # an ensemble: every member
+        for model in members:
+            last = model.head.mlp[-1]
+            b = torch.as_tensor(bias, dtype=last.bias.dtype, device=last.bias.device)
+            if b.shape != last.bias.shape:
+                raise ValueError(f"logit bias has {b.numel()} values for {last.bias.numel()} classes {self.class_names}")
+            last.bias += b
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self.model(batch["inputs"], batch.get("dates"), weights=batch.get("weights")).softmax(dim=1)
