@@ -37,6 +37,7 @@ from agrifm.tasks.pointfit import (  # noqa: E402
 )
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN"}
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -122,7 +123,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     print(f"train {train_path}: {len(tr_idx)} series; test {test_path or f'grouped hold-out {holdout:.0%}'}: "
           f"{len(te_idx)} series; {len(names)} classes; bands {list(train.bands)}; {t} dates", flush=True)
 
-    results: dict[str, list[dict]] = {"agrifm": [], "random_forest": [], "temporal_cnn": []}
+    results: dict[str, list[dict]] = {name: [] for name in LABELS}
     curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
     for seed in range(seeds):
         t0 = time.time()
@@ -168,7 +169,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
 
 def print_table(s: dict) -> None:
     print(f"\n{'model':<14} {'OA':>16} {'mF1':>16} {'kappa':>16}   (mean ± std over {s['agrifm']['seeds']} seeds, n_test={s['agrifm']['n_test']})")
-    for name in ("agrifm", "random_forest", "temporal_cnn"):
+    for name in LABELS:
         r = s[name]
         print(f"{name:<14} {r['oa']:.4f} ± {r['oa_std']:.4f}  {r['mf1']:.4f} ± {r['mf1_std']:.4f}  {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
     print("\nAgriFM early season (the same model, variable-length mode):")
@@ -176,7 +177,6 @@ def print_table(s: dict) -> None:
         print(f"  first {float(f):>4.0%} of frames: OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}")
 
 
-LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN"}
 METRICS = {"oa": ("OA", "#4c72b0"), "mf1": ("mF1", "#dd8452")}  # name, colour
 
 

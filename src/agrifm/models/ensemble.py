@@ -17,10 +17,16 @@ from torch import nn
 from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
 
-__all__ = ["Ensemble", "ENSEMBLE_HEADS"]
+__all__ = ["Ensemble", "ENSEMBLE_HEADS", "member_state"]
 
 # Heads whose output is one softmax over classes (a boundary model's extra channel is not).
 ENSEMBLE_HEADS = ("classification", "segmentation")
+
+
+def member_state(state: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """Member ``index``'s weights from an ensemble's state dict (keys ``members.{index}.*``)."""
+    prefix = f"members.{index}."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Ensemble(nn.Module):

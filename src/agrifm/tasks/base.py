@@ -132,8 +132,10 @@ class AgriFMTask(L.LightningModule):
 
                 state = load_file(str(p))
                 if meta.members > 1:  # an ensemble: fine-tune from its first member
+                    from agrifm.models.ensemble import member_state
+
                     rank_zero_info(f"init from {p}: an ensemble of {meta.members}; using member 0")
-                    state = {k[len("members.0."):]: v for k, v in state.items() if k.startswith("members.0.")}
+                    state = member_state(state, 0)
                 own = self.model.state_dict()
                 keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
                 self.model.load_state_dict(keep, strict=False)

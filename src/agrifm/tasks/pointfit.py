@@ -50,8 +50,9 @@ class PointFitConfig:
     ema_decay: float | None = 0.998  # evaluate with an exponential moving average of the weights
     # Train this many models (seeds seed·members + i) and average their class probabilities
     # (models/ensemble.py); ``workers`` processes train them side by side (None: one per core).
-    # Two members cost no extra wall time on 2 cores (each model trains on one thread); against
-    # single models they were within noise or better on the held-out tables (README "Ensembles").
+    # On 2 cores two members train side by side (one thread each) for about 1.4x the wall time of
+    # one; against single models they were within noise or better on the held-out tables
+    # (README "Ensembles").
     members: int = 2
     workers: int | None = None
     seed: int = 0
@@ -145,8 +146,9 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
     configs = [dataclasses.replace(cfg, members=1, seed=cfg.seed * cfg.members + i, progress=cfg.progress and i == 0)
                for i in range(cfg.members)]
     workers = min(cfg.members, cfg.workers or _usable_cores())
+    jobs = [(args, c, kwargs) for c in configs]
     if workers <= 1:
-        tasks = [_fit_one(*args, c, **kwargs) for c in configs]
+        states = [_fit_member_state(job) for job in jobs]
     else:
         # Members are independent: one process each (one thread per model is fastest for these
         # small matrices, so side-by-side processes use the cores a single model leaves idle).
@@ -154,12 +156,11 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            states = list(pool.map(_fit_member_state, [(args, c, kwargs) for c in configs]))
-        tasks = [_new_task(table, train_index, source, c, class_colors) for c in configs]
-        for task, state in zip(tasks, states):
-            task.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    task = tasks[0]
-    task.model = Ensemble([t.model for t in tasks])
+            states = list(pool.map(_fit_member_state, jobs))
+    task = _new_task(table, train_index, source, configs[0], class_colors)
+    task.model = Ensemble.build(task.model.config, cfg.members)
+    for member, state in zip(task.model.members, states):
+        member.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     return task.eval()
 
 
