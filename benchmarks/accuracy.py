@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from agrifm.data.tables import grouped_split, read_table  # noqa: E402
 from agrifm.data.timeseries import fill_series  # noqa: E402
+from agrifm.io import write_text_atomic  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
     PointFitConfig, fit_point_classifier, predict_table, source_from_table,
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides)
     print_table(s)
     if args.json:
-        Path(args.json).write_text(json.dumps(s, indent=2))
+        write_text_atomic(args.json, json.dumps(s, indent=2))
         print(f"\nwrote {args.json}")
     if args.plot:
         plot(s, args.plot)

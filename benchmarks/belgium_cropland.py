@@ -365,10 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            tiny=args.tiny)
     print(format_table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str))
-        os.replace(tmp, args.json)
+        from agrifm.io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=1, default=str))
         print(f"wrote {args.json}")
     return 0
 

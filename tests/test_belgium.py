@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import torch
 import yaml
 
 from conftest import DATA, ROOT, need

@@ -67,14 +67,12 @@ def test_load_from_files_and_wrappers(tmp_path, fmt):
     elif fmt == "module":
         path = {f"module.{k}": v for k, v in sd.items()}
     else:  # relative_position_index buffers present, as in real published files
-        model0 = model_from_official_config(meta["model"])
         from agrifm.models.attention import relative_position_index
 
         path = dict(sd)
         for k in meta["official_state_dict"]:
             if k.endswith("relative_position_index"):
                 path[k] = relative_position_index((8, 7, 7), (8, 7, 7))
-        del model0
     model = model_from_official_config(meta["model"]).eval()
     report = load_official_checkpoint(model, path)
     assert report.kind == "full" and not report.missing and not report.unexpected

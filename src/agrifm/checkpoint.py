@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from agrifm import __version__
+from agrifm.io import atomic_output
 from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
 from agrifm.models.ensemble import Ensemble
 from agrifm.sensors import Source, get_source
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_colors", "CheckpointMeta",
-           "load_predictor", "ModelPredictor", "atomic_path"]
+           "load_predictor", "ModelPredictor"]
 
 FORMAT = "agrifm/1"
 TASKS = ("segmentation", "classification", "boundary", "pretrain")
@@ -88,18 +86,6 @@ class CheckpointMeta:
         )
 
 
-def atomic_path(path: str | Path) -> tuple[Path, Path]:
-    """(temporary path in the destination folder, final path): write to the first, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
-    return Path(tmp), path
-
-
 def save_model(
     model: AgriFM | Ensemble,
     path: str | Path,
@@ -123,13 +109,9 @@ def save_model(
     meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames,
                           dict(extra or {}), members)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={"agrifm": meta.to_json()})
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return Path(path)
 
 
 def read_metadata(path: str | Path) -> CheckpointMeta:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +78,8 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
     from agrifm.data.stack import open_stack
     from agrifm.data.tables import grouped_split, read_table
     from agrifm.predict.engine import predict_scene
-    from agrifm.checkpoint import atomic_path, load_predictor
+    from agrifm.checkpoint import load_predictor
+    from agrifm.io import write_text_atomic
     from agrifm.sensors import get_source
     from agrifm.tasks.metrics import metrics_from_confusion
     from agrifm.tasks.pointfit import PointFitConfig, fit_point_classifier, predict_table, smooth_table, source_from_table
@@ -126,9 +126,7 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
         "smoothing": {"method": "whittaker", "lambda": smoothing}, "epochs": epochs, "seed": seed, "members": cfg.members,
         "confusion_matrix": cm.tolist(), "seconds": round(time.time() - t0, 1),
     }
-    tmp, final = atomic_path(out / "metrics.json")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, final)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"done in {metrics['seconds']:.0f}s: held-out OA {metrics['oa']:.3f}, mF1 {metrics['mf1']:.3f}, "
           f"Sinop points {pts['n_agree']}/{pts['n']} agree; outputs in {out}")
     return metrics

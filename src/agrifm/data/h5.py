@@ -13,9 +13,7 @@ own attribute winning. Files written by the published code carry neither, so bot
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +21,7 @@ from typing import Any, Union
 import numpy as np
 
 from agrifm.data.timeseries import as_dates
+from agrifm.io import atomic_output
 
 __all__ = [
     "H5SampleError",
@@ -33,7 +32,6 @@ __all__ = [
     "read_split",
     "write_split",
     "sample_paths",
-    "atomic_output",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -56,24 +54,6 @@ class H5Sample:
     label: np.ndarray | None = None  # (H, W) int64
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
-
-
-@contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; rename it onto ``path`` only on success.
-
-    Readers never see a half-written file, and a failed write leaves the old one intact.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------- reading

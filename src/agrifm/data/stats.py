@@ -17,8 +17,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from agrifm.data.h5 import atomic_output, h5_sources, read_h5_sample, sample_paths
+from agrifm.data.h5 import h5_sources, read_h5_sample, sample_paths
 from agrifm.data.tables import SeriesTable, read_table
+from agrifm.io import atomic_output
 from agrifm.sensors import get_source
 
 __all__ = ["BandStats", "RunningStats", "band_stats", "compute_stats", "main"]

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from rasterio.windows import Window
 
 from agrifm.data.stack import Stack, StackArray, open_stack
 from agrifm.data.timeseries import days_since_epoch, fixed_frames, prepare_source
+from agrifm.io import atomic_output, write_text_atomic
 from agrifm.predict.cog import CogWriter, class_map_meta, encode_layers, layer_meta
 from agrifm.predict.tiling import Accumulator, Block, Partial, Rect, Tile, TileGrid, blend_weights, ring
 
@@ -355,18 +355,13 @@ class BlockStore:
                 raise ValueError(f"block folder {self.root} holds blocks of another run (differs in {diff}); "
                                  "delete it or pass another block_dir")
             return
-        self._write_atomic(path, json.dumps(want, indent=1).encode())
+        write_text_atomic(path, json.dumps(want, indent=1))
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / self.MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: not a block folder of agrifm predict")
         return json.loads(path.read_text())
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
 
     def path(self, block: Block) -> Path:
         return self.root / f"block_{block.index:06d}.npz"
@@ -380,13 +375,8 @@ class BlockStore:
         for i, p in enumerate(parts):
             arrays.update({f"part{i}_rect": np.array(_rect_tuple(p.rect)), f"part{i}_num": p.num,
                            f"part{i}_den": p.den, f"part{i}_valid": p.valid})
-        final = self.path(block)
-        tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
-        try:
+        with atomic_output(self.path(block), suffix=".tmp.npz") as tmp:
             np.savez(tmp, **arrays)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def load_core(self, block: Block) -> tuple[Rect, dict[str, np.ndarray]]:
         with np.load(self.path(block)) as z:
@@ -401,7 +391,7 @@ class BlockStore:
 
     def mark_rank(self, rank: int, world_size: int) -> None:
         """Record that ``rank`` finished its share (for orchestration; assembly checks the blocks)."""
-        self._write_atomic(self.root / f"rank_{rank}_of_{world_size}.done", b"")
+        write_text_atomic(self.root / f"rank_{rank}_of_{world_size}.done", "")
 
     def try_lock(self) -> bool:
         """Elect one assembler among ranks (O_EXCL create)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agrifm.io import atomic_output
 from agrifm.predict.cog import NODATA
 
 __all__ = ["write_quicklook"]
@@ -115,13 +116,11 @@ def write_quicklook(
     ax.legend(handles=_legend(arr, names, colors), loc="upper left", bbox_to_anchor=(1.02, 1.0),
               frameon=False, fontsize=8, handlelength=1.2, handleheight=1.2, borderaxespad=0.0)
     fig.tight_layout()
-    tmp = png.parent / f".{png.name}.{os.getpid()}.tmp.png"
     try:
-        fig.savefig(tmp, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, png)
+        with atomic_output(png, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.15)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return png
 
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from agrifm.pretrain.fractions import NoOverlapError, check_overlap, class_fractions, read_landcover_window
 from agrifm.pretrain.landcover import CLASSES, load_mapping, report_unmapped
-from agrifm.pretrain.shards import ShardWriter, atomic_write_text
+from agrifm.io import write_text_atomic
+from agrifm.pretrain.shards import ShardWriter
 
 __all__ = ["build_pretrain_shards", "chip_offsets", "SpatialSplit", "main"]
 
@@ -257,7 +258,7 @@ def build_pretrain_shards(
             for s in totals.frac_sum
         },
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

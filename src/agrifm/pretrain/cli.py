@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agrifm.pretrain.shards import ShardDataset, ShardError, atomic_write_text
+from agrifm.io import atomic_output, write_text_atomic
+from agrifm.pretrain.shards import ShardDataset, ShardError
 from agrifm.sensors import Source, get_source
 
 __all__ = ["main", "run", "parse_args", "SourceShards", "open_shard_sets", "source_statistics", "describe_source", "model_config",
@@ -206,12 +207,8 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     """A plain tensor dict for ``torch.load(weights_only=True)``, written beside ``path`` then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -410,7 +407,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     extra = {"pretrain": {k: summary[k] for k in ("steps", "global_batch", "loss", "val_loss", "normalisation", "data")} | settings}
     export_outputs(task.model, out, sources, class_names, a.frames, extra)
     if rank_world()[0] == 0:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from agrifm.io import write_text_atomic
 from agrifm.pretrain.landcover import CLASSES
 
 __all__ = [
@@ -70,7 +71,6 @@ __all__ = [
     "ShardDataset",
     "split_shards_for_rank",
     "resolve_shard_dirs",
-    "atomic_write_text",
 ]
 
 FORMAT = "agrifm-shards/1"
@@ -86,17 +86,6 @@ T = TypeVar("T")
 
 class ShardError(RuntimeError):
     """A shard file is missing, truncated or unreadable (the message names it)."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -300,7 +289,7 @@ class ShardWriter:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         path = self.out_dir / INDEX_NAME
-        atomic_write_text(path, json.dumps(index, indent=1, default=_json_default))
+        write_text_atomic(path, json.dumps(index, indent=1, default=_json_default), fsync=True)
         self._closed = True
         return path
 

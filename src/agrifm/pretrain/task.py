@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate
 from agrifm.data.timeseries import prepare_source
 from agrifm.models.config import ModelConfig
 from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
-from agrifm.pretrain.shards import ShardDataset, atomic_write_text
+from agrifm.io import write_text_atomic
+from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
 from agrifm.tasks.base import warmup_cosine
 
@@ -304,7 +305,7 @@ class MetricsLog:
             r = self.rows[step]
             w.writerow([step] + [f"{r[c]:.6f}" if c in r else "" for c in self.COLUMNS[1:]])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, buf.getvalue())
+        write_text_atomic(self.path, buf.getvalue(), fsync=True)
         self._last = time.monotonic()
 
 

@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 
 from agrifm.checkpoint import save_model
 from agrifm.models.agrifm import AgriFM, build_model

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection  # optional dep (``train`` extra); tasks only
 from torchmetrics.classification import (

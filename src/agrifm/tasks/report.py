@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from agrifm.io import atomic_output, write_text_atomic
 
 __all__ = ["write_report"]
 
@@ -32,19 +33,6 @@ _REQUIRED = (
     "oa", "mf1", "miou", "kappa", "confusion_matrix", "per_class_f1", "per_class_precision", "per_class_recall"
 )
 _ANNOTATE_MAX_K = 15  # above this, count labels no longer fit in the cells
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Run ``write(fh)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    # Not mkstemp: its 0600 mode would survive the rename; "xb" honours the umask like open().
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(obj: Any) -> Any:
@@ -197,13 +185,14 @@ def write_report(
 
     payload = _jsonable({"title": title, **metrics, "extra": extra})
     text = json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    _atomic_write(paths["metrics.json"], lambda fh: fh.write(text.encode("utf-8")))
+    write_text_atomic(paths["metrics.json"], text)
     md = _markdown(metrics, title, class_names, extra)
-    _atomic_write(paths["report.md"], lambda fh: fh.write(md.encode("utf-8")))
+    write_text_atomic(paths["report.md"], md)
 
     for name, fig in (
         ("confusion_matrix.png", _plot_confusion(cm, class_names, title)),
         ("per_class_f1.png", _plot_f1(metrics, class_names, title)),
     ):
-        _atomic_write(paths[name], lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=150))
+        with atomic_output(paths[name]) as tmp:
+            fig.savefig(tmp, format="png", dpi=150)
     return paths

@@ -1,0 +1,46 @@
+"""Atomic file output: readers never see a half-written file, and a failed or killed write
+leaves the previous file intact (what resumable jobs rely on)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_output", "write_bytes_atomic", "write_text_atomic"]
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name is unique per process and call (parallel writers never share one) and
+    ends in ``suffix`` for writers that choose a format by extension (``.tmp.npz``). Created by
+    the writer, not by ``mkstemp``, so the file gets ordinary permissions (the umask), not 0600.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; ``fsync`` also survives a power cut (index files)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    """UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
