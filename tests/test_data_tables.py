@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,37 @@ def test_table_dataset_and_collate(table: SeriesTable) -> None:
                                   table.dates[0, [0, 3, 6, 9, 13, 16, 19, 22]].astype(np.int64))
     with pytest.raises(ValueError, match=r"source 'S2': band\(s\) .* not in table"):
         TableDataset(table, get_source("S2"))
+
+
+def test_frame_dropout_blanks_frames_before_gap_filling(table: SeriesTable) -> None:
+    source = Source("MT", BANDS, 231.656, "mixed", mean=(0.0,) * 6, std=(1.0,) * 6)
+    clean = TableDataset(table, source, indices=[0])[0]["inputs"]["MT"][:, :, 0, 0].numpy()
+    torch.manual_seed(0)
+    ds = TableDataset(table, source, indices=[0], train=True, drop_frames=0.3)
+    changed = []
+    for _ in range(20):
+        x = ds[0]["inputs"]["MT"][:, :, 0, 0].numpy()
+        moved = ~np.isclose(x, clean).all(axis=1)
+        # a blanked frame is a linear interpolation (or nearest value) of its kept neighbours
+        kept = np.flatnonzero(~moved)
+        assert len(kept) >= 2 and np.isfinite(x).all()
+        for t in np.flatnonzero(moved):
+            lo, hi = kept[kept < t], kept[kept > t]
+            if len(lo) and len(hi):
+                d = table.dates[0].astype("datetime64[D]").astype(np.int64)
+                w = (d[t] - d[lo[-1]]) / (d[hi[0]] - d[lo[-1]])
+                np.testing.assert_allclose(x[t], (1 - w) * clean[lo[-1]] + w * clean[hi[0]], rtol=1e-5, atol=1e-6)
+        changed.append(moved.mean())
+    assert 0.15 < np.mean(changed) < 0.45  # about 30 % of the frames
+    cloudy = dataclasses.replace(table, values=table.values.copy())
+    cloudy.values[0, 1::3] = np.nan  # a third of the frames already missing
+    ds = TableDataset(cloudy, source, indices=[0], train=True, drop_frames=0.3)
+    filled = TableDataset(cloudy, source, indices=[0])[0]["inputs"]["MT"]
+    assert all(torch.equal(ds[0]["inputs"]["MT"], filled) for _ in range(5))  # already cloudier than the target
+    np.testing.assert_array_equal(TableDataset(table, source, indices=[0], drop_frames=0.3)[0]["inputs"]["MT"][:, :, 0, 0].numpy(),
+                                  clean)  # evaluation never drops
+    with pytest.raises(ValueError, match="drop_frames 1.0"):
+        TableDataset(table, source, drop_frames=1.0)
 
 
 def test_with_classes_maps_labels_onto_a_shared_class_list(tmp_path) -> None:

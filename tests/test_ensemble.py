@@ -112,6 +112,27 @@ def test_members_trained_in_parallel_processes_equal_members_trained_one_after_a
     assert probs.shape == (len(table), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_prior_correction_is_a_fraction_of_the_class_weighting_folded_into_every_member() -> None:
+    from agrifm.tasks.pointfit import PointFitConfig, fit_point_classifier, prior_logit_bias, source_from_table
+
+    table = _toy_table()
+    table = dataclasses.replace(table, labels=np.where(np.arange(len(table)) % 5 == 0, 2, table.labels % 2))  # class 2 rare
+    idx = np.arange(len(table))
+    source = source_from_table(table, idx, "NDVI")
+    cfg = PointFitConfig(epochs=1, batch_size=16, warmup_steps=2, members=2, workers=1, progress=False, class_balance=0.5,
+                         prior_correction=0.0, model={"preset": "point-small", "embed_dim": 8, "depths": [1, 1, 1],
+                                                      "num_heads": [1, 1, 1]})
+    plain = fit_point_classifier(table, idx, source, cfg).model.state_dict()
+    part = fit_point_classifier(table, idx, source, dataclasses.replace(cfg, prior_correction=0.8)).model.state_dict()
+    want = torch.tensor(prior_logit_bias(table.labels, 3, 0.4))  # 0.8 of the weighting's power 0.5
+    assert want[2] < want[0]  # the rare class loses part of what its loss weight gave it
+    for m in range(2):
+        key = f"members.{m}.head.mlp.3.bias"
+        torch.testing.assert_close(part[key] - plain[key], want.to(part[key].dtype), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"prior_correction 1.5: expected a fraction in \[0, 1\]"):
+        fit_point_classifier(table, idx, source, dataclasses.replace(cfg, prior_correction=1.5))
+
+
 def test_fine_tuning_from_an_ensemble_checkpoint_starts_from_its_first_member(tmp_path: Path) -> None:
     from agrifm.tasks.classification import ClassificationTask
 

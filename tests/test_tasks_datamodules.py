@@ -81,13 +81,14 @@ def test_h5_two_sources_with_computed_stats():
 
 def test_table_split_grouped_by_location():
     path = need(DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
-    dm = TableDataModule(str(path), "MOD13Q1", val_fraction=0.2, batch_size=8)
+    dm = TableDataModule(str(path), "MOD13Q1", val_fraction=0.2, batch_size=8, drop_frames=0.2)
     tr, va = dm.parts["train"], dm.parts["val"]
     assert len(tr) + len(va) == 1327 and 0.15 < len(va) / 1327 < 0.25 and not len(dm.parts["test"])
     coords = dm.table.coords
     assert not {tuple(c) for c in np.round(coords[tr], 4)} & {tuple(c) for c in np.round(coords[va], 4)}
     item = dm.dataset("val")[0]
     assert item["inputs"]["MOD13Q1"].shape == (23, 2, 1, 1) and item["label"].ndim == 0
+    assert dm.dataset("train").drop_frames == 0.2 and dm.dataset("val").drop_frames == 0.0  # augmentation: training only
 
 
 def test_points_give_sparse_chips_split_spatially():

@@ -120,8 +120,10 @@ class TableDataset(Dataset):
     """Point time series of a :class:`SeriesTable` as ``(T, C, 1, 1)`` inputs with a scalar label.
 
     Columns are matched to ``source.bands`` by name. ``noise_std`` adds Gaussian noise to
-    the normalised inputs when ``train`` (augmentation). With ``frames=None`` items keep their
-    own length, so batching needs equal-length series.
+    the normalised inputs when ``train`` (augmentation); ``drop_frames`` blanks frames before gap
+    filling (as clouds would) until about that share of each series is missing, so a model trained
+    on clean series learns from interpolated stretches like those it meets in cloudy scenes. With ``frames=None`` items keep their own
+    length, so batching needs equal-length series.
     """
 
     def __init__(
@@ -133,8 +135,11 @@ class TableDataset(Dataset):
         frames: int | None = None,
         train: bool = False,
         noise_std: float = 0.0,
+        drop_frames: float = 0.0,
         seed: int = 0,
     ) -> None:
+        if not 0.0 <= drop_frames < 1.0:
+            raise ValueError(f"drop_frames {drop_frames}: expected a probability in [0, 1)")
         missing = [b for b in source.bands if b not in table.bands]
         if missing:
             raise ValueError(f"source {source.name!r}: band(s) {missing} not in table {table.path} "
@@ -143,6 +148,7 @@ class TableDataset(Dataset):
         self.columns = [table.bands.index(b) for b in source.bands]
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         self.noise_std = noise_std if train else 0.0
+        self.drop_frames = drop_frames if train else 0.0
         self.choose = _FrameChooser(frames, train, seed)
 
     def __len__(self) -> int:
@@ -153,6 +159,8 @@ class TableDataset(Dataset):
         n = int(self.table.lengths[i])
         dates = self.table.dates[i, :n]
         series = self.table.values[i, :n][:, self.columns, None, None]  # (T, C) -> (T, C, 1, 1)
+        if self.drop_frames > 0:
+            series = self._blank_frames(series)
         frames = self.choose(n)
         x, nodata = prepare_source(series, None, self.source, frames=frames, dates=dates)
         if self.noise_std > 0:
@@ -161,6 +169,23 @@ class TableDataset(Dataset):
         return {"inputs": {name: x}, "label": torch.tensor(self.table.labels[i]),
                 "dates": {name: _dates_tensor(dates, frames)}, "nodata": {name: nodata},
                 "id": str(self.table.sample_ids[i])}
+
+    def _blank_frames(self, series: np.ndarray) -> np.ndarray:
+        """A copy with observed frames blanked (NaN) until about ``drop_frames`` of the series is
+        missing: a clean (composited, smoothed) series loses that share, one already that cloudy
+        loses nothing. A band keeps at least two observations (interpolation needs them)."""
+        seen = np.isfinite(series).any(axis=(1, 2, 3))
+        observed = seen.mean()
+        p = (self.drop_frames - (1.0 - observed)) / max(observed, 1e-9)
+        if p <= 0:
+            return series
+        drop = seen & (self.choose.rng.random(len(series)) < p)
+        kept = np.isfinite(series[~drop]).sum(axis=0)
+        if not drop.any() or (kept < np.minimum(2, np.isfinite(series).sum(axis=0))).any():
+            return series
+        series = series.copy()
+        series[drop] = np.nan
+        return series
 
 
 def collate(batch: Sequence[Item]) -> Item:

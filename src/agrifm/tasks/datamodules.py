@@ -238,11 +238,11 @@ class TableDataModule(AgriFMDataModule):
     def __init__(self, path: str, source: SourceSpec = "MOD13Q1", *, class_names: Sequence[str] | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0, test_path: str | None = None,
                  frames: int | None = None, batch_size: int = 32, num_workers: int = 0, noise_std: float = 0.0,
-                 compute_stats: bool | list[str] = False, seed: int = 0) -> None:
+                 drop_frames: float = 0.0, compute_stats: bool | list[str] = False, seed: int = 0) -> None:
         key = source if isinstance(source, str) else str((source or {}).get("name", "table"))
         super().__init__({key: source}, frames=frames, batch_size=batch_size, num_workers=num_workers,
                          compute_stats=compute_stats, seed=seed)
-        self.path, self.test_path, self.noise_std = Path(path), test_path, noise_std
+        self.path, self.test_path, self.noise_std, self.drop_frames = Path(path), test_path, noise_std, drop_frames
         self.given_class_names = list(class_names) if class_names is not None else None
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction,
                           "test": 0.0 if test_path else test_fraction}
@@ -283,7 +283,8 @@ class TableDataModule(AgriFMDataModule):
             test = read_table(self.test_path, bands=list(src.bands), class_names=self.class_names)
             return TableDataset(test, src, frames=self.frames, seed=self.seed)
         return TableDataset(self.table, src, self.parts[split], frames=self.frames, train=split == "train",
-                            noise_std=self.noise_std if split == "train" else 0.0, seed=self.seed)
+                            noise_std=self.noise_std if split == "train" else 0.0,
+                            drop_frames=self.drop_frames if split == "train" else 0.0, seed=self.seed)
 
 
 # --------------------------------------------------------------------------- chips
