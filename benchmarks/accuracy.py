@@ -5,6 +5,7 @@
     python benchmarks/accuracy.py --train TABLE.csv --holdout 0.3 ...   (grouped split of one table)
     ... --plot OUT.png          (bars per model with their spread, and the early-season curve)
     ... --set lr=0.002 --set model.embed_dim=48   (override AgriFM's PointFitConfig defaults)
+    ... --corrections 1.0,0.5   (also score the same AgriFM models with other prior corrections)
 
 TABLE: long CSV/Parquet with ``sample_id``, ``label``, ``date`` and one numeric column per band
 (any names, any count, gaps allowed). Models: AgriFM (point classifier trained in the
@@ -23,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -34,10 +36,11 @@ from agrifm.data.timeseries import fill_series  # noqa: E402
 from agrifm.io import write_text_atomic  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
-    PointFitConfig, fit_point_classifier, predict_table, source_from_table,
+    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, source_from_table,
 )
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+T = TypeVar("T")
 LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN"}
 
 
@@ -91,8 +94,24 @@ def _config(seed: int, quiet: bool, overrides: dict) -> PointFitConfig:
     return cfg
 
 
+def rescored(task, cfg: PointFitConfig, y_train: np.ndarray, correction: float, score: Callable[[Any], T]) -> T:
+    """``score(task)`` with the models' prior correction changed to ``correction``, then restored.
+
+    The correction is a constant per class added to every member's logits after training, so the
+    same trained members stand for any correction (no retraining)."""
+    k = len(task.class_names)
+    change = correction - float(cfg.prior_correction)
+    # The bias is linear in its power (power·log(count), centred), so a lower correction is minus a bias.
+    delta = np.sign(change) * np.asarray(prior_logit_bias(y_train, k, abs(change) * cfg.class_balance))
+    task.add_logit_bias(delta.tolist())
+    try:
+        return score(task)
+    finally:
+        task.add_logit_bias((-delta).tolist())
+
+
 def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
-        overrides: dict | None = None) -> dict:
+        overrides: dict | None = None, corrections: list[float] | None = None) -> dict:
     from agrifm.models.baselines import RandomForestBaseline, TemporalCNN, predict_logits, train_torch_classifier
 
     train = read_table(train_path)
@@ -126,6 +145,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
 
     results: dict[str, list[dict]] = {name: [] for name in LABELS}
     curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
+    other: dict[float, list[dict]] = {c: [] for c in corrections or []}
     for seed in range(seeds):
         t0 = time.time()
         cfg = _config(seed, quiet, overrides or {})
@@ -135,6 +155,9 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
             probs = predict_table(task, test.truncated(f), te_idx, source)
             curve[f].append(_scores(y_te, probs.argmax(1), names))
         results["agrifm"].append(curve[1.0][-1])
+        for c in other:
+            other[c].append(rescored(task, cfg, y_tr, c, lambda t: _scores(
+                y_te, predict_table(t, test, te_idx, source).argmax(1), names)))
         t1 = time.time()
         rf = RandomForestBaseline(n_estimators=300, seed=seed).fit(x_tr, y_tr)
         results["random_forest"].append(_scores(y_te, rf.predict(x_te), names))
@@ -161,6 +184,8 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
 
     summary = {name: agg(rows) for name, rows in results.items()}
     summary["early_season"] = {f"{f:g}": agg(rows) for f, rows in curve.items()}
+    if other:
+        summary["agrifm_prior_correction"] = {f"{c:g}": agg(rows) for c, rows in other.items()}
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
                         "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
@@ -173,6 +198,11 @@ def print_table(s: dict) -> None:
     for name in LABELS:
         r = s[name]
         print(f"{name:<14} {r['oa']:.4f} ± {r['oa_std']:.4f}  {r['mf1']:.4f} ± {r['mf1_std']:.4f}  {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
+    if s.get("agrifm_prior_correction"):
+        print("\nAgriFM, the same models scored with other prior corrections:")
+    for c, r in s.get("agrifm_prior_correction", {}).items():
+        print(f"  correction {c:<5} OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}   "
+              f"kappa {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
     print("\nAgriFM early season (the same model, variable-length mode):")
     for f, r in s["early_season"].items():
         print(f"  first {float(f):>4.0%} of frames: OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}")
@@ -232,11 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=None, help="write a PNG of the table and the early-season curve here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an AgriFM PointFitConfig setting (model.KEY for the model dict); repeatable")
+    ap.add_argument("--corrections", default="", metavar="C1,C2",
+                    help="also score the same AgriFM models with these prior corrections (fractions in [0, 1])")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)  # small models: 1 thread avoids OpenMP stalls on busy machines
-    s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides)
+    corrections = [float(c) for c in args.corrections.split(",") if c.strip()]
+    if any(not 0.0 <= c <= 1.0 for c in corrections):
+        raise SystemExit(f"--corrections {args.corrections}: expected fractions in [0, 1]")
+    s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides, corrections)
     print_table(s)
     if args.json:
         write_text_atomic(args.json, json.dumps(s, indent=2))

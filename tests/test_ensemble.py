@@ -21,6 +21,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SOURCE = {"NDVI": Source(name="NDVI", bands=("NDVI",), resolution_m=250.0, units="index", mean=(0.5,), std=(0.2,))}
 
 
+def _benchmark(name: str):
+    """A script of benchmarks/ imported as a module (its functions, not its main)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _point_model(seed: int) -> AgriFM:
     torch.manual_seed(seed)
     return AgriFM(preset("point-small", embed_dim=8, num_heads=(1, 1, 1, 1), sources={"NDVI": 1}, num_classes=3))
@@ -123,12 +134,19 @@ def test_prior_correction_is_a_fraction_of_the_class_weighting_folded_into_every
                          prior_correction=0.0, model={"preset": "point-small", "embed_dim": 8, "depths": [1, 1, 1],
                                                       "num_heads": [1, 1, 1]})
     plain = fit_point_classifier(table, idx, source, cfg).model.state_dict()
-    part = fit_point_classifier(table, idx, source, dataclasses.replace(cfg, prior_correction=0.8)).model.state_dict()
+    task = fit_point_classifier(table, idx, source, part_cfg := dataclasses.replace(cfg, prior_correction=0.8))
+    part = {k: v.clone() for k, v in task.model.state_dict().items()}
     want = torch.tensor(prior_logit_bias(table.labels, 3, 0.4))  # 0.8 of the weighting's power 0.5
     assert want[2] < want[0]  # the rare class loses part of what its loss weight gave it
-    for m in range(2):
-        key = f"members.{m}.head.mlp.3.bias"
+    keys = [f"members.{m}.head.mlp.3.bias" for m in range(2)]
+    for key in keys:
         torch.testing.assert_close(part[key] - plain[key], want.to(part[key].dtype), atol=1e-6, rtol=0)
+    # accuracy.py --corrections: the same members re-scored at another correction, then restored
+    accuracy = _benchmark("accuracy")
+    seen = accuracy.rescored(task, part_cfg, table.labels, 0.0, lambda t: [t.model.state_dict()[k].clone() for k in keys])
+    for key, bias in zip(keys, seen):
+        torch.testing.assert_close(bias, plain[key], atol=1e-6, rtol=0)  # as if trained without the correction
+        torch.testing.assert_close(task.model.state_dict()[key], part[key], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"prior_correction 1.5: expected a fraction in \[0, 1\]"):
         fit_point_classifier(table, idx, source, dataclasses.replace(cfg, prior_correction=1.5))
 
