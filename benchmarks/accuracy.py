@@ -100,9 +100,8 @@ def rescored(task, cfg: PointFitConfig, y_train: np.ndarray, correction: float, 
     The correction is a constant per class added to every member's logits after training, so the
     same trained members stand for any correction (no retraining)."""
     k = len(task.class_names)
-    change = correction - float(cfg.prior_correction)
-    # The bias is linear in its power (power·log(count), centred), so a lower correction is minus a bias.
-    delta = np.sign(change) * np.asarray(prior_logit_bias(y_train, k, abs(change) * cfg.class_balance))
+    delta = (np.asarray(prior_logit_bias(y_train, k, correction * cfg.class_balance))
+             - np.asarray(prior_logit_bias(y_train, k, float(cfg.prior_correction) * cfg.class_balance)))
     task.add_logit_bias(delta.tolist())
     try:
         return score(task)

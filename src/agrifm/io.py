@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_output", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["atomic_output", "write_text_atomic"]
 
 
 @contextmanager
@@ -30,17 +30,12 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically; ``fsync`` also survives a power cut (index files)."""
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    """UTF-8 ``text`` to ``path`` atomically; ``fsync`` also survives a power cut (indexes, logs)."""
     with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
     return Path(path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
-    """UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
-    return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)

@@ -119,11 +119,11 @@ class H5SampleDataset(Dataset):
 class TableDataset(Dataset):
     """Point time series of a :class:`SeriesTable` as ``(T, C, 1, 1)`` inputs with a scalar label.
 
-    Columns are matched to ``source.bands`` by name. ``noise_std`` adds Gaussian noise to
-    the normalised inputs when ``train`` (augmentation); ``drop_frames`` blanks frames before gap
-    filling (as clouds would) until about that share of each series is missing, so a model trained
-    on clean series learns from interpolated stretches like those it meets in cloudy scenes. With ``frames=None`` items keep their own
-    length, so batching needs equal-length series.
+    Columns are matched to ``source.bands`` by name. Augmentations, applied only when ``train``:
+    ``noise_std`` adds Gaussian noise to the normalised inputs; ``drop_frames`` blanks frames
+    before gap filling (as clouds would) until about that share of each series is missing, so a
+    model trained on clean series learns from interpolated stretches like those of cloudy scenes.
+    With ``frames=None`` items keep their own length, so batching needs equal-length series.
     """
 
     def __init__(

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from agrifm.io import write_text_atomic
 from agrifm.pretrain.fractions import NoOverlapError, check_overlap, class_fractions, read_landcover_window
 from agrifm.pretrain.landcover import CLASSES, load_mapping, report_unmapped
-from agrifm.io import write_text_atomic
 from agrifm.pretrain.shards import ShardWriter
 
 __all__ = ["build_pretrain_shards", "chip_offsets", "SpatialSplit", "main"]
@@ -258,7 +258,7 @@ def build_pretrain_shards(
             for s in totals.frac_sum
         },
     }
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1), fsync=True)
     return summary
 
 

@@ -407,7 +407,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     extra = {"pretrain": {k: summary[k] for k in ("steps", "global_batch", "loss", "val_loss", "normalisation", "data")} | settings}
     export_outputs(task.model, out, sources, class_names, a.frames, extra)
     if rank_world()[0] == 0:
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1), fsync=True)
     return summary
 
 

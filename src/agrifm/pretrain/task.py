@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from agrifm.data.timeseries import prepare_source
+from agrifm.io import write_text_atomic
 from agrifm.models.config import ModelConfig
 from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
-from agrifm.io import write_text_atomic
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
 from agrifm.tasks.base import warmup_cosine

@@ -283,8 +283,7 @@ class TableDataModule(AgriFMDataModule):
             test = read_table(self.test_path, bands=list(src.bands), class_names=self.class_names)
             return TableDataset(test, src, frames=self.frames, seed=self.seed)
         return TableDataset(self.table, src, self.parts[split], frames=self.frames, train=split == "train",
-                            noise_std=self.noise_std if split == "train" else 0.0,
-                            drop_frames=self.drop_frames if split == "train" else 0.0, seed=self.seed)
+                            noise_std=self.noise_std, drop_frames=self.drop_frames, seed=self.seed)
 
 
 # --------------------------------------------------------------------------- chips
