@@ -19,6 +19,16 @@ def need(path: Path) -> Path:
     return path
 
 
+def benchmark(name: str):
+    """A script of benchmarks/ imported as a module (its functions, not its main)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return need(DATA)

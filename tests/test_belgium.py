@@ -4,7 +4,6 @@ cube over the training months, score against the WorldCereal temporary-crops pro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -12,23 +11,16 @@ import pytest
 import rasterio
 import yaml
 
-from conftest import DATA, ROOT, need
+from conftest import DATA, ROOT, benchmark, need
 
 BELGIUM = DATA / "worldcereal_belgium"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("belgium_cropland", ROOT / "benchmarks" / "belgium_cropland.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_agreement_and_overlap_mask():
-    b = _bench()
+    b = benchmark("belgium_cropland")
     ref = np.array([[1, 1, 0, -1]])
     pred = np.array([[1, 0, 0, 1]], np.uint8)
     s = b.agreement(pred, ref)
@@ -57,7 +49,7 @@ def test_config_matches_the_data_readme():
 
 def test_belgium_pipeline_end_to_end(tmp_path):
     need(BELGIUM)
-    b = _bench()
+    b = benchmark("belgium_cropland")
     result = b.run_benchmark(BELGIUM, tmp_path, seeds=1, steps=3, tiny=True, val_every=1)
     run = result["runs"][0]
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, need
+from conftest import DATA, ROOT, benchmark, need
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,20 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     assert s["agrifm"]["n_test"] == te["sample_id"].nunique()  # the unseen-class series is scored, not dropped
     assert "Rice" in s["setup"]["classes"]
     assert s["setup"]["agrifm_overrides"] == {"lr": 0.002, "model": {"embed_dim": 16}}
+    # 180 series of 32: 5 steps an epoch; 25 epochs would be 125 steps, capped at twice the floor of 10
+    assert (s["setup"]["agrifm_epochs"], s["setup"]["agrifm_steps"]) == (4, 20)
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_step_budget_grows_with_the_table_within_its_bounds():
+    budget = benchmark("accuracy").agrifm_step_budget
+    assert budget(931, 23, 32, 2400, 4800) == 2400  # small table: the floor (82 epochs)
+    assert budget(3000, 67, 32, 2400, 4800) == 2400  # 25 epochs are fewer steps than the floor
+    assert budget(6000, 23, 32, 2400, 4800) == 25 * 187  # large table: 25 epochs
+    assert budget(20000, 23, 32, 2400, 4800) == 4800  # the ceiling
+    assert budget(20000, 46, 32, 2400, 4800) == 2400  # twice the dates: half the ceiling
+    assert budget(20000, 34, 32, 2400, 4800) == int(4800 * 23 / 34)
+    assert budget(20000, 230, 32, 2400, 4800) == 2400  # never below the floor
 
 
 def test_accuracy_benchmark_rejects_unknown_settings():

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import benchmark
+
 from agrifm.checkpoint import load_model, load_predictor, read_metadata, save_model
 from agrifm.data.tables import SeriesTable
 from agrifm.models.agrifm import AgriFM
@@ -19,17 +21,6 @@ from agrifm.sensors import Source
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SOURCE = {"NDVI": Source(name="NDVI", bands=("NDVI",), resolution_m=250.0, units="index", mean=(0.5,), std=(0.2,))}
-
-
-def _benchmark(name: str):
-    """A script of benchmarks/ imported as a module (its functions, not its main)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _point_model(seed: int) -> AgriFM:
@@ -142,7 +133,7 @@ def test_prior_correction_is_a_fraction_of_the_class_weighting_folded_into_every
     for key in keys:
         torch.testing.assert_close(part[key] - plain[key], want.to(part[key].dtype), atol=1e-6, rtol=0)
     # accuracy.py --corrections: the same members re-scored at another correction, then restored
-    accuracy = _benchmark("accuracy")
+    accuracy = benchmark("accuracy")
     seen = accuracy.rescored(task, part_cfg, table.labels, 0.0, lambda t: [t.model.state_dict()[k].clone() for k in keys])
     for key, bias in zip(keys, seen):
         torch.testing.assert_close(bias, plain[key], atol=1e-6, rtol=0)  # as if trained without the correction
