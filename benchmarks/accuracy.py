@@ -60,9 +60,12 @@ def _normalised(values: np.ndarray, dates: np.ndarray, mean: np.ndarray, std: np
     return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
 
+def _steps_per_epoch(n: int, batch: int) -> int:
+    return max(1, n // batch)  # training drops the last partial batch
+
+
 def _steps_epochs(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
-    per_epoch = max(1, n // batch)
-    return max(1, min(max_epochs, max_steps // per_epoch))
+    return max(1, min(max_epochs, max_steps // _steps_per_epoch(n, batch)))
 
 
 REFERENCE_FRAMES = 23  # the series length the ceiling is sized for (~6,000 x 23 tables in 30 min on 2 cores)
@@ -76,7 +79,7 @@ def agrifm_step_budget(n: int, frames: int, batch: int, floor: int, ceiling: int
     Small tables get many passes within the floor; a table of 6,000 series gets 25 passes rather
     than 12 (stress table, 3 seeds: OA 0.9722 -> 0.9747, README)."""
     cap = max(floor, int(ceiling * min(1.0, REFERENCE_FRAMES / max(frames, 1))))
-    return min(cap, max(floor, epochs * max(1, n // batch)))
+    return min(cap, max(floor, epochs * _steps_per_epoch(n, batch)))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -162,11 +165,11 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     results: dict[str, list[dict]] = {name: [] for name in LABELS}
     curve: dict[float, list[dict]] = {f: [] for f in FRACTIONS}
     other: dict[float, list[dict]] = {c: [] for c in corrections or []}
+    ceiling = 2 * agrifm_steps if agrifm_max_steps is None else agrifm_max_steps
     for seed in range(seeds):
         t0 = time.time()
         cfg = _config(seed, quiet, overrides or {})
-        budget = agrifm_step_budget(len(tr_idx), t, cfg.batch_size, agrifm_steps,
-                                    2 * agrifm_steps if agrifm_max_steps is None else agrifm_max_steps)
+        budget = agrifm_step_budget(len(tr_idx), t, cfg.batch_size, agrifm_steps, ceiling)
         cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, budget, 200)
         task = fit_point_classifier(train, tr_idx, source, cfg)
         for f in FRACTIONS:
@@ -208,7 +211,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
                         "agrifm_overrides": overrides or {}, "agrifm_members": cfg.members,
-                        "agrifm_epochs": cfg.epochs, "agrifm_steps": cfg.epochs * max(1, len(tr_idx) // cfg.batch_size)}
+                        "agrifm_epochs": cfg.epochs, "agrifm_steps": cfg.epochs * _steps_per_epoch(len(tr_idx), cfg.batch_size)}
     return summary
 
 

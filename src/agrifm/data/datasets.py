@@ -174,14 +174,14 @@ class TableDataset(Dataset):
         """A copy with observed frames blanked (NaN) until about ``drop_frames`` of the series is
         missing: a clean (composited, smoothed) series loses that share, one already that cloudy
         loses nothing. A band keeps at least two observations (interpolation needs them)."""
-        seen = np.isfinite(series).any(axis=(1, 2, 3))
+        finite = np.isfinite(series)
+        seen = finite.any(axis=(1, 2, 3))
         observed = seen.mean()
         p = (self.drop_frames - (1.0 - observed)) / max(observed, 1e-9)
         if p <= 0:
             return series
         drop = seen & (self.choose.rng.random(len(series)) < p)
-        kept = np.isfinite(series[~drop]).sum(axis=0)
-        if not drop.any() or (kept < np.minimum(2, np.isfinite(series).sum(axis=0))).any():
+        if not drop.any() or (finite[~drop].sum(axis=0) < np.minimum(2, finite.sum(axis=0))).any():
             return series
         series = series.copy()
         series[drop] = np.nan
