@@ -65,10 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"agrifm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    if COMMANDS[name][0] == "agrifm.tasks.cli":
-        return int(module.main([name, *rest]) or 0)
-    return int(module.main(rest) or 0)
+    from agrifm.errors import AgrifmError
+
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        if COMMANDS[name][0] == "agrifm.tasks.cli":
+            return int(module.main([name, *rest]) or 0)
+        return int(module.main(rest) or 0)
+    except AgrifmError as err:
+        print(f"agrifm {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
