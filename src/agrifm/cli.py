@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("agrifm.predict.cli", "map a scene to a Cloud-Optimized GeoTIFF"),
     "pretrain-data": ("agrifm.pretrain.build", "build pre-training shards from imagery + land cover"),
     "pretrain": ("agrifm.pretrain.cli", "pre-train the encoder on shards"),
+    "sample-design": ("agrifm.assess.design", "stratified random sample of a class map for accuracy assessment"),
+    "assess": ("agrifm.assess.cli", "map accuracy and class areas with 95% intervals (Olofsson et al. 2014)"),
 }
 
 
