@@ -267,3 +267,40 @@ def test_assess_bad_input_reported(tmp_path, capsys):
     unl = write_csv(tmp_path / "unl.csv", ["id", "x", "y", "label"], [["a", x[0], y[0], ""]])
     assert agrifm(["assess", "--map", str(m), "--reference", str(unl), "--out", str(tmp_path / "o3")]) == 2
     assert "no 'label' value" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ demo example
+
+def test_demo_example_on_the_sinop_grid(tmp_path):
+    """The demo's example on a map with the Sinop cube's grid: the 18 WGS84 points land on the
+    pixels the data set lists (MODIS sinusoid), and the outputs say the sample is too small."""
+    from conftest import DATA, need
+
+    from agrifm.assess import demo_example
+    from agrifm.demo import CLASS_COLORS, POINTS
+
+    need(DATA / "mato_grosso_modis")
+    names = sorted(CLASS_COLORS)
+    cube = sorted((DATA / "mato_grosso_modis" / "sinop_cube").glob("*NDVI*.tif"))[0]
+    with rasterio.open(cube) as src:
+        crs, transform, shape = src.crs, src.transform, src.shape
+    rng = np.random.default_rng(0)
+    arr = rng.choice([names.index(c) for c in ("Soy_Corn", "Pasture", "Forest", "Cerrado", "Soy_Fallow")],
+                     size=shape).astype(np.uint8)
+    pts = list(csv.DictReader(open(DATA / POINTS)))
+    for p in pts:  # the map agrees with every point
+        arr[int(p["row"]), int(p["col"])] = names.index(p["label"])
+    m = tmp_path / "crop_map.tif"
+    with rasterio.open(m, "w", driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8", crs=crs,
+                       transform=transform, nodata=255) as dst:
+        dst.write(arr, 1)
+        dst.update_tags(CLASS_NAMES=json.dumps(names))
+    summary = demo_example(m, DATA / POINTS, tmp_path / "assessment", echo=False)
+    a = json.loads((tmp_path / "assessment" / "assessment.json").read_text())
+    assert a["n"] == 18 and a["overall_accuracy"]["estimate"] == pytest.approx(1.0)
+    counts = np.array(a["error_matrix_counts"])
+    assert (counts == np.diag(np.diag(counts))).all()  # every point on its listed pixel
+    assert any("too few" in w for w in a["warnings"]) and summary["n"] == 18
+    assert sum(summary["sample_allocation"].values()) == 200 and min(summary["sample_allocation"].values()) >= 10
+    assert (tmp_path / "assessment" / "sample_design.gpkg").is_file()
+    assert (tmp_path / "assessment" / "assessment.png").is_file()

@@ -8,7 +8,9 @@
    Whittaker smoother to both (stored in the checkpoint, so ``agrifm predict`` does it too)
    and add small Gaussian noise in training.
 4. Maps the Sinop cube pixel by pixel to a Cloud-Optimized GeoTIFF + quicklook and checks the
-   18 labelled Sinop points against the map.
+   18 labelled Sinop points against the map; designs a stratified sample on the map and runs the
+   Olofsson et al. (2014) assessment with the 18 points (``OUT/assessment/``, an example only:
+   far too few points for real use).
 """
 
 from __future__ import annotations
@@ -118,13 +120,16 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
     predict_scene(predictor, {"MOD13Q1": data / CUBE}, map_path, window=256, overlap=0, overwrite=overwrite,
                   progress=progress, provenance={"command": "agrifm demo"})
     pts = _points_agreement(map_path, data / POINTS, table.class_names)
+    from agrifm.assess import demo_example  # sample design + Olofsson assessment with the 18 points (too few for real use)
+
+    assessment = demo_example(map_path, data / POINTS, out / "assessment", overwrite=overwrite, echo=progress)
     metrics = {
         "oa": held["oa"], "mf1": held["mf1"], "kappa": held["kappa"],
         "per_class_f1": {c: (None if f != f else f) for c, f in held["per_class_f1"].items()},
         "points_agreement": pts["agreement"], "points": pts["points"],
         "n_train": int(len(train_idx)), "n_test": int(len(test_idx)), "classes": table.class_names,
         "smoothing": {"method": "whittaker", "lambda": smoothing}, "epochs": epochs, "seed": seed, "members": cfg.members,
-        "confusion_matrix": cm.tolist(), "seconds": round(time.time() - t0, 1),
+        "confusion_matrix": cm.tolist(), "assessment": assessment, "seconds": round(time.time() - t0, 1),
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"done in {metrics['seconds']:.0f}s: held-out OA {metrics['oa']:.3f}, mF1 {metrics['mf1']:.3f}, "

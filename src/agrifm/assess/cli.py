@@ -44,9 +44,10 @@ def assess_map(map_path: str | Path, reference: str | Path, out_dir: str | Path,
         warnings.append(f"reference classes the map never shows (kept as reference columns, no stratum): {extra_keys}"
                         + (f"; {unknown} match no map class name (typo?)" if unknown else ""))
     warnings += est.warnings
-    if n.sum() < 2 * len(keys):
-        warnings.append(f"only {int(n.sum())} reference points for {len(keys)} map classes: far too few for "
-                        "published figures (Olofsson et al. suggest 50-100 per class)")
+    thin = [k for k, c in zip(keys, n.sum(axis=1)) if c < 50]
+    if thin:
+        warnings.append(f"map classes {thin} have fewer than 50 reference points: too few for published figures "
+                        "(Olofsson et al. 2014 suggest 50-100 per class; with few points the intervals are rough)")
     extra = {"warnings": warnings, "skipped": {"outside": ref.outside, "nodata": ref.nodata, "duplicates": ref.duplicates},
              "n_read": ref.n_read, "total_area_ha": float(sum(pixels)) * cmap.pixel_area_ha,
              "map": str(cmap.path), "reference": str(reference), "estimator": "Olofsson et al. 2014, eqs. 1-11"}

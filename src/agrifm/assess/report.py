@@ -86,6 +86,7 @@ def _markdown(a: Mapping[str, Any], title: str) -> str:
     lines += ["", "## Error matrix, estimated proportions of area", "", header, rule]
     lines += [f"| {k} | " + " | ".join(f"{v:.4f}" for v in props[i]) + f" | {props[i].sum():.4f} |"
               for i, k in enumerate(c)]
+    lines.append("| total (area proportion) | " + " | ".join(f"{v:.4f}" for v in props.sum(0)) + f" | {props.sum():.4f} |")
     if a.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in a["warnings"]]
     lines += ["", "![Mapped vs estimated area](assessment.png)", "", f"Reference: {REFERENCE}.", ""]
@@ -111,6 +112,7 @@ def _plot(a: Mapping[str, Any], title: str) -> Any:
             ax.text(xi + 0.2, e, "CI n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
     ax.set_xticks(x, c, rotation=30 if k > 4 else 0, ha="right" if k > 4 else "center")
     ax.set_ylabel("area (ha)")
+    ax.yaxis.set_major_formatter("{x:,.0f}")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{title}\nOA {_pm(a['overall_accuracy'])}, n = {a['n']} points")
     ax.legend(fontsize=8, framealpha=0.9)
