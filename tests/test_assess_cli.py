@@ -304,3 +304,37 @@ def test_demo_example_on_the_sinop_grid(tmp_path):
     assert sum(summary["sample_allocation"].values()) == 200 and min(summary["sample_allocation"].values()) >= 10
     assert (tmp_path / "assessment" / "sample_design.gpkg").is_file()
     assert (tmp_path / "assessment" / "assessment.png").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".geojson", ".gpkg"])
+def test_designed_sample_labelled_in_place_round_trip(tmp_path, suffix):
+    """The file sample-design writes, with its label column filled in, is what assess reads."""
+    m, mapped, truth = _truth_and_map(tmp_path, "EPSG:3035", 20.0, (4_000_000.0, 3_000_000.0))
+    sample = tmp_path / f"s{suffix}"
+    design_sample(m, 45, sample, min_per_class=10, seed=2, echo=False)
+    names = ["soy", "maize", "pasture"]
+    with rasterio.open(m) as src:
+        inv = ~src.transform
+    if suffix == ".csv":
+        rows = list(csv.DictReader(open(sample)))
+        for r in rows:
+            c, rr = inv @ (float(r["x"]), float(r["y"]))
+            r["label"] = names[truth[int(rr), int(c)]]
+        write_csv(sample, list(rows[0]), [list(r.values()) for r in rows])
+    elif suffix == ".geojson":
+        doc = json.loads(sample.read_text())
+        for f in doc["features"]:
+            c, rr = inv @ tuple(f["geometry"]["coordinates"])
+            f["properties"]["label"] = names[truth[int(rr), int(c)]]
+        sample.write_text(json.dumps(doc))
+    else:
+        s = read_points(sample, label_col="map_class")
+        xy = np.array([g["coordinates"] for g in s.geometries])
+        c, rr = inv @ (xy[:, 0], xy[:, 1])
+        sample.unlink()
+        write_gpkg(sample, xy[:, 0], xy[:, 1], [names[v] for v in truth[rr.astype(int), c.astype(int)]], "EPSG:3035")
+    a = assess_map(m, sample, tmp_path / "out", echo=False)
+    assert a["n"] == 45 and a["pixel_area_ha"] == pytest.approx(0.04)
+    alloc = list(csv.DictReader(open(tmp_path / f"s_allocation.csv")))
+    assert np.array(a["error_matrix_counts"]).sum(1).tolist() == [int(r["n"]) for r in alloc]
+    assert a["overall_accuracy"]["ci95"] is not None
