@@ -335,6 +335,6 @@ def test_designed_sample_labelled_in_place_round_trip(tmp_path, suffix):
         write_gpkg(sample, xy[:, 0], xy[:, 1], [names[v] for v in truth[rr.astype(int), c.astype(int)]], "EPSG:3035")
     a = assess_map(m, sample, tmp_path / "out", echo=False)
     assert a["n"] == 45 and a["pixel_area_ha"] == pytest.approx(0.04)
-    alloc = list(csv.DictReader(open(tmp_path / f"s_allocation.csv")))
+    alloc = list(csv.DictReader(open(tmp_path / "s_allocation.csv")))
     assert np.array(a["error_matrix_counts"]).sum(1).tolist() == [int(r["n"]) for r in alloc]
     assert a["overall_accuracy"]["ci95"] is not None
