@@ -61,7 +61,9 @@ def _read(path: Path, cmap: ClassMap, label_column: str) -> Any:
     try:
         return read_points(path, crs=crs, label_col=label_column)
     except (ValueError, FileNotFoundError, ImportError, KeyError) as err:
-        raise AgrifmError(f"--reference {path}: {err}") from None
+        msg = str(err) if str(path) in str(err) else f"{path}: {err}"
+        hint = " (label every point: a skipped point would bias the sample)" if "has no" in msg and "value" in msg else ""
+        raise AgrifmError(f"--reference {msg}{hint}") from None
 
 
 def _pixel_state(cmap: ClassMap, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
