@@ -338,3 +338,19 @@ def test_designed_sample_labelled_in_place_round_trip(tmp_path, suffix):
     alloc = list(csv.DictReader(open(tmp_path / "s_allocation.csv")))
     assert np.array(a["error_matrix_counts"]).sum(1).tolist() == [int(r["n"]) for r in alloc]
     assert a["overall_accuracy"]["ci95"] is not None
+
+
+def test_sample_design_neyman_expected_ua_by_name_or_value(tmp_path, capsys):
+    arr = np.repeat(np.arange(3, dtype=np.uint8), 200).reshape(20, 30)
+    m = write_map(tmp_path / "map.tif", arr, names=["soy", "maize", "pasture"])
+    out = tmp_path / "n.csv"
+    args = ["sample-design", "--map", str(m), "--n", "60", "--out", str(out), "--min-per-class", "5",
+            "--allocation", "neyman"]
+    assert agrifm(args + ["--expected-ua", "soy=0.5,1=0.9,pasture=1.0"]) == 0
+    alloc = {r["map_class"]: int(r["n"]) for r in csv.DictReader(open(tmp_path / "n_allocation.csv"))}
+    assert alloc["pasture"] == 5 and alloc["soy"] > alloc["maize"] and sum(alloc.values()) == 60
+    assert "expected_ua" in capsys.readouterr().out
+    assert agrifm(args + ["--overwrite", "--expected-ua", "soy=0.5"]) == 2
+    assert "no value for map classes ['maize', 'pasture']" in capsys.readouterr().err
+    assert agrifm(args + ["--overwrite", "--expected-ua", "soy=high"]) == 2
+    assert "class=value" in capsys.readouterr().err
