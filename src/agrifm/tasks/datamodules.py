@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from agrifm.data.datasets import H5SampleDataset, TableDataset, _dates_tensor, _FrameChooser, collate
+from agrifm.data.splits import block_groups, split_parts
 from agrifm.data.stats import BandStats, band_stats
 from agrifm.data.timeseries import prepare_source
 from agrifm.sensors import Source, get_source, list_sources
@@ -291,20 +292,10 @@ class TableDataModule(AgriFMDataModule):
 
 def spatial_split(rows: np.ndarray, cols: np.ndarray, block: int, fractions: Sequence[float],
                   seed: int = 0) -> np.ndarray:
-    """Part index per item: items are grouped in ``block`` x ``block`` px cells, cells are shuffled
-    with ``seed`` and each goes to the part furthest below its share of items, so neighbouring
-    chips/points (spatially autocorrelated) stay on one side."""
-    cells = np.stack([np.asarray(rows) // block, np.asarray(cols) // block], axis=1)
-    _, cell = np.unique(cells, axis=0, return_inverse=True)
-    cell = cell.ravel()
-    sizes = np.bincount(cell)
-    target = np.asarray(fractions, np.float64) * len(cell)
-    filled = np.zeros(len(target))
-    part = np.empty(len(sizes), np.int64)
-    for c in np.random.default_rng(seed).permutation(len(sizes)):
-        k = int(np.argmax(target - filled))
-        part[c], filled[k] = k, filled[k] + sizes[c]
-    return part[cell]
+    """Part index per item: items are grouped in ``block`` x ``block`` px cells, which are dealt
+    to the parts (:func:`agrifm.data.splits.split_parts`), so neighbouring chips/points
+    (spatially autocorrelated) stay on one side."""
+    return split_parts(block_groups(rows, cols, block), fractions, seed=seed)
 
 
 @dataclass
