@@ -33,6 +33,8 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from agrifm.data.timeseries import until as frames_until
+
 __all__ = ["StackArray", "Stack", "open_stack", "date_from_name", "PathLike", "ResamplingName"]
 
 PathLike = str | Path
@@ -103,10 +105,6 @@ def _parse_timestamp(text: str | None) -> np.datetime64 | None:
     if not _ISO_RE.match(text):
         return None
     return np.datetime64(text.replace(" ", "T"), "s")
-
-
-def _to_day(value: str | np.datetime64) -> np.datetime64:
-    return np.datetime64(value, "D")
 
 
 # --------------------------------------------------------------------------- file metadata
@@ -521,14 +519,9 @@ class Stack:
         return (max(1, round((top - bottom) / abs(t.e))), max(1, round((right - left) / abs(t.a))))
 
     def _frames_until(self, until: str | np.datetime64 | None) -> np.ndarray:
-        idx = np.arange(len(self.timestamps))
         if until is None:
-            return idx
-        keep = idx[self.dates <= _to_day(until)]
-        if not len(keep):
-            raise ValueError(f"until={until}: stack {self.path} has no date on or before it "
-                             f"(first date {self.dates[0]})")
-        return keep
+            return np.arange(len(self.timestamps))
+        return frames_until(self.dates, until, what=f"until={until}: stack {self.path}")
 
     def _band_indices(self, bands: Sequence[str] | None) -> list[int]:
         if bands is None:
