@@ -28,7 +28,6 @@ __all__ = [
     "fill_gaps",
     "fill_series",
     "normalize",
-    "denormalize",
     "check_finite",
     "sample_frames",
     "fixed_frames",
@@ -164,12 +163,6 @@ def normalize(data: np.ndarray, mean: Sequence[float], std: Sequence[float], *, 
     """Per-band z-score ``(x - mean) / std``; ``axis`` is the band axis (1 for ``(T, C, H, W)``)."""
     x = np.asarray(data, dtype=np.float32)
     return (x - _band_stat(mean, x, axis, "mean")) / _band_stat(std, x, axis, "std")
-
-
-def denormalize(data: np.ndarray, mean: Sequence[float], std: Sequence[float], *, axis: int = 1) -> np.ndarray:
-    """Inverse of :func:`normalize`: back to physical units."""
-    x = np.asarray(data, dtype=np.float32)
-    return x * _band_stat(std, x, axis, "std") + _band_stat(mean, x, axis, "mean")
 
 
 def check_finite(x: np.ndarray, what: str) -> np.ndarray:
