@@ -111,7 +111,8 @@ def outside_mask(grid: Mapping[str, Any], other_bounds: Sequence[float]) -> np.n
 
 def agreement(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
     """OA, per-class F1, mean F1, Cohen's kappa of two binary maps (1 = cropland) where both are
-    valid (pred in {0, 1}, ref >= 0) and ``mask``; ``n`` = pixels compared."""
+    valid (pred in {0, 1}, ref >= 0) and ``mask``; ``n`` = pixels compared. Figures and their
+    undefined cases are those of :func:`agrifm.tasks.metrics.metrics_from_confusion`."""
     ok = (ref >= 0) & ((pred == 0) | (pred == 1))
     if mask is not None:
         ok &= mask
@@ -119,18 +120,12 @@ def agreement(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None)
     n = int(ok.sum())
     if n == 0:
         return {"n": 0, **{k: math.nan for k in METRICS}}
-    cm = np.bincount(2 * r + p, minlength=4).reshape(2, 2).astype(np.float64)  # rows ref, cols pred
-    oa = float(np.trace(cm) / n)
-    pe = float((cm.sum(0) * cm.sum(1)).sum() / n**2)
-    kappa = (oa - pe) / (1 - pe) if pe < 1 else (1.0 if oa == 1 else 0.0)
+    from agrifm.tasks.metrics import metrics_from_confusion
 
-    def f1(k: int) -> float:
-        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
-        return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else math.nan
-
-    f1c, f1o = f1(CROPLAND), f1(1 - CROPLAND)
-    return {"n": n, "oa": oa, "f1_cropland": f1c, "f1_other": f1o, "mf1": float(np.nanmean([f1c, f1o])),
-            "kappa": float(kappa), "cropland_frac_pred": float((p == CROPLAND).mean()),
+    m = metrics_from_confusion(np.bincount(2 * r + p, minlength=4).reshape(2, 2), CLASS_NAMES)  # rows ref
+    f1 = m["per_class_f1"]
+    return {"n": n, "oa": m["oa"], "f1_cropland": f1["cropland"], "f1_other": f1["other"], "mf1": m["mf1"],
+            "kappa": m["kappa"], "cropland_frac_pred": float((p == CROPLAND).mean()),
             "cropland_frac_ref": float((r == CROPLAND).mean())}
 
 

@@ -38,6 +38,23 @@ def test_agreement_and_overlap_mask():
     assert not outside[28:, :24].any() and outside[:28].all() and outside[:, 24:].all()
 
 
+
+def test_agreement_shares_the_metrics_module_when_a_class_is_absent():
+    """The benchmark once scored kappa = 1 where one class fills both maps; Cohen's kappa is
+    undefined there (chance agreement 1): NaN, as in agrifm.tasks.metrics and scikit-learn."""
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    b = benchmark("belgium_cropland")
+    ref, pred = np.ones((1, 5), np.int64), np.array([[1, 1, 0, 1, 1]], np.uint8)  # no "other" in the reference
+    s = b.agreement(pred, ref)
+    assert s["kappa"] == pytest.approx(cohen_kappa_score(ref.ravel(), pred.ravel())) == 0.0
+    assert s["f1_cropland"] == pytest.approx(f1_score(ref.ravel(), pred.ravel())) and s["f1_other"] == 0.0
+    with pytest.warns(UserWarning, match="undefined"):
+        expected = cohen_kappa_score([1] * 4, [1] * 4)  # sklearn: replace_undefined_by=nan
+    one_class = b.agreement(np.ones((1, 4), np.uint8), np.ones((1, 4), np.int64))
+    assert one_class["oa"] == 1.0 and np.isnan(one_class["kappa"]) and np.isnan(expected)
+    assert np.isnan(one_class["f1_other"]) and one_class["mf1"] == 1.0  # absent from both: not averaged
+
 def test_config_matches_the_data_readme():
     cfg = yaml.safe_load((ROOT / "configs" / "belgium_cropland.yaml").read_text())
     model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]

@@ -267,3 +267,33 @@ def test_truncated_shard_is_a_clear_error(shard_dir: Path, tmp_path: Path) -> No
     shard.unlink()
     with pytest.raises(ShardError, match=r"ndvi-000005\.tar: cannot be read"):
         list(ShardDataset(d, min_frames=0))
+
+
+def _old_writer_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
+    """A shard as agrifm wrote it before it used webdataset: tarfile, USTAR, members in FIELDS
+    order, mode 0644, mtime 0, no owner."""
+    import io
+
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples.items():
+            for field in FIELDS:
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mode, info.mtime = len(members[field]), 0o644, 0
+                tar.addfile(info, io.BytesIO(members[field]))
+
+
+def test_shards_written_before_webdataset_still_read(shard_dir: Path, tmp_path: Path) -> None:
+    index = json.loads((shard_dir / INDEX_NAME).read_text())
+    with tarfile.open(shard_dir / "ndvi-000000.tar") as tar:
+        samples: dict[str, dict[str, bytes]] = {}
+        for m in tar.getmembers():
+            key, _, field = m.name.partition(".")
+            samples.setdefault(key, {})[field] = tar.extractfile(m).read()
+    old = tmp_path / "old"
+    old.mkdir()
+    _old_writer_shard(old / "ndvi-000000.tar", samples)
+    # the old writer's bytes are the new writer's: same layout, same size and hash in the index
+    assert (old / "ndvi-000000.tar").read_bytes() == (shard_dir / "ndvi-000000.tar").read_bytes()
+    (old / INDEX_NAME).write_text(json.dumps({**index, "shards": index["shards"][:1], "num_samples": 4}))
+    got = list(ShardDataset(old, min_frames=0, frames=None, shuffle_buffer=0, verify=True))
+    assert [s["key"] for s in got] == list(samples) and got[0]["x"].shape[1:] == (1, CHIP, CHIP)

@@ -131,6 +131,10 @@ def test_wkb_geometry() -> None:
     assert wkb_geometry(point) == {"type": "Point", "coordinates": [3.0, 4.0]}
     assert wkb_geometry(point_z) == {"type": "Point", "coordinates": [3.0, 4.0]}
     assert wkb_geometry(poly) == {"type": "Polygon", "coordinates": [[list(p) for p in ring]]}
+    # extended WKB (PostGIS): SRID flag, a MultiPoint Z of two points
+    ewkb = struct.pack("<BIII", 1, 0xA0000004, 4326, 2) + b"".join(
+        struct.pack("<BIddd", 1, 0x80000001, x, y, 1.0) for x, y in ((1.0, 2.0), (5.0, 6.0)))
+    assert wkb_geometry(ewkb) == {"type": "MultiPoint", "coordinates": [[1.0, 2.0], [5.0, 6.0]]}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyogrio") is not None, reason="pyogrio is installed")

@@ -52,6 +52,10 @@ def test_sinop_single_band_files(sinop: Path) -> None:
     assert sorted(open_stack(sinop).bands) == ["EVI", "NDVI"]
     early = stack.read(Window(0, 0, 4, 4), until="2013-12-31")
     assert early.dates[-1] <= np.datetime64("2013-12-31") and len(early.dates) == 7
+    # the same rule as data.timeseries.until: 'MM-DD' counts from the first date; errors name the stack
+    assert (stack.read(Window(0, 0, 4, 4), until="12-31").dates == early.dates).all()
+    with pytest.raises(ValueError, match=r"stack .*no frame on or before 2000-01-01"):
+        stack.read(Window(0, 0, 4, 4), until="2000-01-01")
 
 
 def test_belgium_multiband_nodata_and_band_map(belgium: Path) -> None:

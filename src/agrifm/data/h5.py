@@ -30,7 +30,6 @@ __all__ = [
     "write_h5_sample",
     "h5_sources",
     "read_split",
-    "write_split",
     "sample_paths",
 ]
 
@@ -238,13 +237,6 @@ def read_split(path: PathLike) -> list[str]:
         raise FileNotFoundError(f"split list {path} does not exist")
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [Path(n).stem if n.endswith(".h5") else n for n in lines if n]
-
-
-def write_split(path: PathLike, names: Sequence[str]) -> Path:
-    """Write a split list atomically (one name per line)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text("".join(f"{n}\n" for n in names))
-    return Path(path)
 
 
 def _sample_dir(root: Path) -> Path:

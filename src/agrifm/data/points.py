@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,43 +179,10 @@ def _build_samples(records: list[_Record], crs: CRS, source: str, label_col: str
 
 
 def wkb_geometry(buf: bytes) -> dict[str, Any]:
-    """GeoJSON dict of an (ISO or extended) WKB Point/Polygon/MultiPoint/MultiPolygon, 2D."""
-    geom, _ = _wkb_read(buf, 0)
-    return geom
+    """GeoJSON dict of a WKB geometry (ISO or extended WKB), 2D (Z and M dropped), by shapely."""
+    import shapely
 
-
-def _wkb_read(b: bytes, off: int) -> tuple[dict[str, Any], int]:
-    order = "<" if b[off] == 1 else ">"
-    (code,) = struct.unpack_from(order + "I", b, off + 1)
-    off += 5
-    if code & 0x20000000:  # EWKB SRID
-        off += 4
-    base, iso = (code & 0x0FFFFFFF) % 1000, (code & 0x0FFFFFFF) // 1000
-    dims = 2 + int(bool(code & 0x80000000) or iso in (1, 3)) + int(bool(code & 0x40000000) or iso in (2, 3))
-
-    def count() -> int:
-        nonlocal off
-        (n,) = struct.unpack_from(order + "I", b, off)
-        off += 4
-        return n
-
-    def points(n: int) -> list[list[float]]:
-        nonlocal off
-        flat = struct.unpack_from(f"{order}{n * dims}d", b, off)
-        off += 8 * n * dims
-        return [list(flat[i:i + 2]) for i in range(0, n * dims, dims)]
-
-    if base == 1:
-        return {"type": "Point", "coordinates": points(1)[0]}, off
-    if base == 3:
-        return {"type": "Polygon", "coordinates": [points(count()) for _ in range(count())]}, off
-    if base in (4, 6):
-        parts = []
-        for _ in range(count()):
-            part, off = _wkb_read(b, off)
-            parts.append(part["coordinates"])
-        return {"type": "MultiPoint" if base == 4 else "MultiPolygon", "coordinates": parts}, off
-    raise ValueError(f"unsupported WKB geometry type {code}")
+    return json.loads(shapely.to_geojson(shapely.force_2d(shapely.from_wkb(buf))))
 
 
 # --------------------------------------------------------------------------- locating

@@ -17,6 +17,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from agrifm.data.splits import split_fractions, split_parts
+
 __all__ = ["SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
 
 PathLike = Union[str, os.PathLike]
@@ -253,13 +255,6 @@ def group_ids(table: SeriesTable, *, decimals: int = 4) -> np.ndarray:
     return _components(keys)
 
 
-def _fractions(fractions: float | Sequence[float]) -> np.ndarray:
-    f = np.array([1.0 - fractions, fractions] if np.isscalar(fractions) else fractions, dtype=np.float64)
-    if f.ndim != 1 or len(f) < 2 or (f < 0).any() or not np.isclose(f.sum(), 1.0):
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    return f
-
-
 def grouped_split(
     table: SeriesTable,
     fractions: float | Sequence[float] = (0.8, 0.2),
@@ -270,30 +265,10 @@ def grouped_split(
 ) -> tuple[np.ndarray, ...]:
     """Split sample indices so that no group (see :func:`group_ids`) is on two sides.
 
-    ``fractions`` per part (a float ``f`` means ``(1 - f, f)``). Groups are shuffled with
-    ``seed`` and each goes to the part furthest below its target, per class of the group's
-    majority label when ``stratify`` (so class proportions are kept as far as groups allow).
+    ``fractions`` per part (a float ``f`` means ``(1 - f, f)``); stratified by the groups'
+    majority labels when ``stratify``; the rule is :func:`agrifm.data.splits.split_parts`'s.
     Returns one sorted index array per part.
     """
-    frac = _fractions(fractions)
     groups = group_ids(table) if groups is None else np.asarray(groups)
-    n_groups = groups.max() + 1
-    sizes = np.bincount(groups, minlength=n_groups)
-    if stratify:  # majority label of each group
-        votes = np.zeros((n_groups, len(table.class_names)), dtype=np.int64)
-        np.add.at(votes, (groups, table.labels), 1)
-        stratum = votes.argmax(axis=1)
-    else:
-        stratum = np.zeros(n_groups, dtype=np.int64)
-    part = np.empty(n_groups, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for s in np.unique(stratum):
-        members = rng.permutation(np.flatnonzero(stratum == s))
-        target = frac * sizes[members].sum()
-        filled = np.zeros(len(frac))
-        for g in members:
-            k = int(np.argmax(target - filled))
-            part[g] = k
-            filled[k] += sizes[g]
-    sample_part = part[groups]
-    return tuple(np.flatnonzero(sample_part == k) for k in range(len(frac)))
+    part = split_parts(groups, fractions, seed=seed, labels=table.labels if stratify else None)
+    return tuple(np.flatnonzero(part == k) for k in range(len(split_fractions(fractions))))

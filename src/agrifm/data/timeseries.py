@@ -28,7 +28,6 @@ __all__ = [
     "fill_gaps",
     "fill_series",
     "normalize",
-    "denormalize",
     "check_finite",
     "sample_frames",
     "fixed_frames",
@@ -166,12 +165,6 @@ def normalize(data: np.ndarray, mean: Sequence[float], std: Sequence[float], *, 
     return (x - _band_stat(mean, x, axis, "mean")) / _band_stat(std, x, axis, "std")
 
 
-def denormalize(data: np.ndarray, mean: Sequence[float], std: Sequence[float], *, axis: int = 1) -> np.ndarray:
-    """Inverse of :func:`normalize`: back to physical units."""
-    x = np.asarray(data, dtype=np.float32)
-    return x * _band_stat(std, x, axis, "std") + _band_stat(mean, x, axis, "mean")
-
-
 def check_finite(x: np.ndarray, what: str) -> np.ndarray:
     """Raise naming ``what`` (e.g. the source) and the first bad index if ``x`` has NaN/inf."""
     bad = ~np.isfinite(x)
@@ -238,19 +231,21 @@ def season_cutoff(start: DateLike, cutoff: DateLike) -> np.datetime64:
     return as_dates(cutoff)[()]
 
 
-def until(dates: np.ndarray, cutoff: DateLike) -> np.ndarray:
-    """Indices of the frames on or before the cut-off (early-season mapping).
+def until(dates: np.ndarray, cutoff: DateLike, *, what: str = "until") -> np.ndarray:
+    """Indices of the frames on or before the cut-off (early-season mapping); the one rule for
+    "frames up to a date" (stacks and scene mapping use it too).
 
     ``cutoff`` is a date, or ``'MM-DD'`` relative to the first date (see :func:`season_cutoff`).
+    ``what`` names the series in errors (a file, a source).
     """
     d = as_dates(dates)
     real = d[~np.isnat(d)]
     if real.size == 0:
-        raise ValueError("until: the series has no dates")
+        raise ValueError(f"{what}: the series has no dates")
     c = season_cutoff(real[0], cutoff)
     keep = np.flatnonzero(d <= c)
     if keep.size == 0:
-        raise ValueError(f"until: no frame on or before {c} (series starts {real[0]})")
+        raise ValueError(f"{what}: no frame on or before {c} (series starts {real[0]})")
     return keep
 
 

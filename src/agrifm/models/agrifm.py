@@ -176,9 +176,6 @@ class AgriFM(nn.Module):
     def output_stride(self) -> int:
         return self.config.patch_size[1] * 2 ** (len(self.config.depths) - 1)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def build_model(config: ModelConfig | Mapping) -> AgriFM:
     """Build from a :class:`ModelConfig` or its dict form."""

@@ -72,6 +72,3 @@ class Ensemble(nn.Module):
 
     def output_stride(self) -> int:
         return self.members[0].output_stride()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

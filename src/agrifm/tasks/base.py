@@ -7,7 +7,6 @@ owns only the computation.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -19,16 +18,9 @@ from agrifm.models.agrifm import AgriFM, build_model
 from agrifm.models.config import ModelConfig
 from agrifm.sensors import Source, get_source
 from agrifm.tasks.metrics import classification_metrics, summarize
+from agrifm.tasks.optim import adamw_warmup_cosine, warmup_cosine
 
 __all__ = ["AgriFMTask", "warmup_cosine", "resolve_model_config"]
-
-
-def warmup_cosine(step: int, *, warmup: int, total: int, base_lr: float, min_lr: float) -> float:
-    """Multiplier for LambdaLR: linear warm-up then cosine to ``min_lr`` (the published recipe)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return (min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))) / base_lr
 
 
 def resolve_model_config(model: ModelConfig | Mapping[str, Any] | str, **overrides: Any) -> ModelConfig:
@@ -212,17 +204,9 @@ class AgriFMTask(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
         total = int(self._trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
-        warm = min(hp.warmup_steps, max(1, total // 10))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+                                   min_lr=hp.min_lr, total_steps=total)
 
     # -- export ---------------------------------------------------------------------------------
     def export(self, path: str, extra: Mapping[str, Any] | None = None) -> str:

@@ -15,7 +15,7 @@ statistics used in training travel into the exported checkpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
@@ -26,9 +26,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from agrifm.data.datasets import H5SampleDataset, TableDataset, _dates_tensor, _FrameChooser, collate
+from agrifm.data.chips import ChipDataset, ChipReader, ChipSpec
+from agrifm.data.datasets import H5SampleDataset, TableDataset, collate
+from agrifm.data.splits import block_groups, split_parts
 from agrifm.data.stats import BandStats, band_stats
-from agrifm.data.timeseries import prepare_source
 from agrifm.sensors import Source, get_source, list_sources
 
 __all__ = ["AgriFMDataModule", "H5DataModule", "TableDataModule", "ChipDataModule", "ChipDataset",
@@ -291,92 +292,10 @@ class TableDataModule(AgriFMDataModule):
 
 def spatial_split(rows: np.ndarray, cols: np.ndarray, block: int, fractions: Sequence[float],
                   seed: int = 0) -> np.ndarray:
-    """Part index per item: items are grouped in ``block`` x ``block`` px cells, cells are shuffled
-    with ``seed`` and each goes to the part furthest below its share of items, so neighbouring
-    chips/points (spatially autocorrelated) stay on one side."""
-    cells = np.stack([np.asarray(rows) // block, np.asarray(cols) // block], axis=1)
-    _, cell = np.unique(cells, axis=0, return_inverse=True)
-    cell = cell.ravel()
-    sizes = np.bincount(cell)
-    target = np.asarray(fractions, np.float64) * len(cell)
-    filled = np.zeros(len(target))
-    part = np.empty(len(sizes), np.int64)
-    for c in np.random.default_rng(seed).permutation(len(sizes)):
-        k = int(np.argmax(target - filled))
-        part[c], filled[k] = k, filled[k] + sizes[c]
-    return part[cell]
-
-
-@dataclass
-class ChipSpec:
-    """One chip: a window of the reference grid, its labels, and (points) the reference block read already."""
-
-    window: Any  # rasterio Window
-    label: np.ndarray  # (H, W) int64, -1 = unlabelled
-    name: str
-    ref: Any = None  # StackArray or None
-
-
-@dataclass
-class ChipReader:
-    """Reads a chip of every source: the reference over the window, the others over its footprint
-    at their native resolution (``align.paired_windows``), cropped / NaN-padded to fixed shapes
-    (footprint edges rounded to a coarse grid may differ by a pixel between chips)."""
-
-    stacks: dict[str, Any]  # key -> Stack, reference first
-    shapes: dict[str, tuple[int, int]]
-    until: str | None = None
-    resampling: str = "average"
-
-    def read(self, spec: ChipSpec) -> dict[str, Any]:
-        from agrifm.data.align import paired_windows
-
-        keys = list(self.stacks)
-        ref = spec.ref if spec.ref is not None else self.stacks[keys[0]].read(spec.window, until=self.until)
-        others = {k: self.stacks[k] for k in keys[1:]}
-        out = {keys[0]: ref}
-        if others:
-            out.update(paired_windows(self.stacks[keys[0]], spec.window, others, until=self.until,
-                                      resampling=self.resampling))  # type: ignore[arg-type]
-        return {k: _fit_shape(a, self.shapes.get(k)) for k, a in out.items()}
-
-
-def _fit_shape(a: Any, shape: tuple[int, int] | None) -> Any:
-    """Crop or NaN-pad (bottom/right) a StackArray to ``shape``."""
-    if shape is None or a.data.shape[-2:] == tuple(shape):
-        return a
-    h, w = shape
-    data = np.full((*a.data.shape[:2], h, w), np.nan, np.float32)
-    valid = np.zeros((a.valid.shape[0], h, w), bool)
-    hh, ww = min(h, a.data.shape[2]), min(w, a.data.shape[3])
-    data[..., :hh, :ww] = a.data[..., :hh, :ww]
-    valid[:, :hh, :ww] = a.valid[:, :hh, :ww]
-    return replace(a, data=data, valid=valid)
-
-
-class ChipDataset(Dataset):
-    """Model-ready items (the datasets' dict format) from chips of one or several stacks."""
-
-    def __init__(self, reader: ChipReader, chips: Sequence[ChipSpec], sources: Mapping[str, Source], *,
-                 frames: int | None = None, train: bool = False, seed: int = 0) -> None:
-        self.reader, self.chips, self.sources = reader, list(chips), dict(sources)
-        self.choose = _FrameChooser(frames, train, seed)
-
-    def __len__(self) -> int:
-        return len(self.chips)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        spec = self.chips[index]
-        arrays = self.reader.read(spec)
-        item: dict[str, Any] = {"inputs": {}, "dates": {}, "nodata": {}, "label": torch.from_numpy(spec.label),
-                                "id": spec.name}
-        for key, source in self.sources.items():
-            a = arrays[key]
-            frames = self.choose(a.data.shape[0])
-            item["inputs"][key], item["nodata"][key] = prepare_source(a.data, a.valid, source, frames=frames,
-                                                                      dates=a.dates)
-            item["dates"][key] = _dates_tensor(a.dates, frames)
-        return item
+    """Part index per item: items are grouped in ``block`` x ``block`` px cells, which are dealt
+    to the parts (:func:`agrifm.data.splits.split_parts`), so neighbouring chips/points
+    (spatially autocorrelated) stay on one side."""
+    return split_parts(block_groups(rows, cols, block), fractions, seed=seed)
 
 
 class ChipDataModule(AgriFMDataModule):

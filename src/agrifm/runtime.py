@@ -1,0 +1,39 @@
+"""Where this process runs: its rank among the processes of a job, and the precision to train in.
+
+One place for the questions every entry point asks (training, pre-training, scene mapping), so
+they answer them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["rank_world", "trainer_precision"]
+
+
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Global rank and world size: the arguments where given, else the initialised
+    ``torch.distributed`` process group, else ``RANK``/``WORLD_SIZE`` (``torchrun`` sets them
+    before any process group exists), else ``(0, 1)``. ValueError when rank is outside the world."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    return rank, world_size
+
+
+def trainer_precision(requested: str = "auto") -> str:
+    """Lightning ``precision`` for ``requested``: ``auto`` is bf16 mixed precision on GPUs that
+    have it (the published recipe's speed), fp16 mixed on older GPUs, fp32 on CPU; anything else
+    is returned as given."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
