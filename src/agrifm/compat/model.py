@@ -10,7 +10,7 @@ from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig, level_shapes
 
 __all__ = ["model_from_official_config", "config_from_official", "official_model_config", "season_lengths",
-           "official_init_checkpoint"]
+           "official_init_checkpoint", "config_init_checkpoint"]
 
 # Keys we read, and keys that only matter to the release's training scripts (ignored).
 _BACKBONE_KEYS = {
@@ -218,6 +218,25 @@ def official_init_checkpoint(names: Mapping[str, Any]) -> str | None:
     if isinstance(model.get("pretrained"), str):
         found.append(model["pretrained"])
     return found[0] if found else None
+
+
+def config_init_checkpoint(path: str | Path) -> str | None:
+    """The pre-trained weights a published config file names (``init_cfg``), checked to exist; None if none.
+
+    A named file that is absent is an error (never silently ignored): the release's configs name
+    placeholders such as 'Path to weights/AgriFM.pth'.
+    """
+    from agrifm.compat.config import load_official_config
+
+    named = official_init_checkpoint(load_official_config(path))
+    if named is None:
+        return None
+    if not Path(named).is_file():
+        raise CompatError(
+            f"{path}: init_cfg names pretrained weights {named!r}, which is not a file; put them there, pass "
+            "init_checkpoint: PATH (model.init_args), or set init_cfg=None in the config to start from random weights"
+        )
+    return named
 
 
 def model_from_official_config(model_cfg: Mapping[str, Any], num_frames: int | None = None) -> AgriFM:
