@@ -190,3 +190,23 @@ def test_export_published_never_replaces_without_overwrite(capsys, tmp_path, fix
     assert (out / "config.py").read_text() == "precious" and not (out / "model.pth").exists()
     assert run(capsys, "export-published", str(ours), str(out), "--overwrite")[0] == 0
     assert (out / "config.py").read_text() != "precious"
+
+
+@pytest.mark.parametrize("change,what", [
+    ({"neck": {"embed_dim": 2**40}, "head": {"embed_dim": 2**40}}, "neck embed_dim"),
+    ({"backbone_cfg": {"num_heads": [3, 2, 4, 8]}}, "divisible by 3 heads"),
+    ({"backbone_cfg": {"depths": [2, 2, 2], "out_indices": [0, 1, 2]}}, "num_heads"),
+    ({"neck": {"in_fusion_key_list": [{"S2": 64}, {"S2": 64}, {"S2": 64}, {"S2": 64}, {"S2": 64}]}}, "feature levels"),
+    ({"neck": {"in_feature_key": ["Landsat"]}}, "Landsat"),
+])
+def test_convert_configs_the_model_cannot_take(capsys, tmp_path, fixture_files, change, what):
+    _, ckpt, _, meta = fixture_files
+    cfg = json.loads(json.dumps(meta["model"]))
+    for part, values in change.items():
+        target = cfg[part] if part in ("neck", "head") else cfg["encoders"]["encoders_cfg"]["S2"][part]
+        target.update(values)
+    path = tmp_path / "odd.py"
+    path.write_text("model = " + repr(cfg) + "\n")
+    t0 = time.perf_counter()
+    one_line_error(capsys, "convert", str(path), str(ckpt), str(tmp_path / "o.safetensors"), names=["odd.py", what])
+    assert time.perf_counter() - t0 < 5.0

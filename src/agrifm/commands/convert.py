@@ -58,14 +58,17 @@ def _sources_for(model, names: Mapping[str, Any]) -> dict[str, Source]:
 def convert(config_path: str, checkpoint: str, out: str, class_names: list[str] | None = None, *,
             overwrite: bool = False) -> str:
     from agrifm.compat import load_official_checkpoint, official_model_config
-    from agrifm.models.agrifm import AgriFM
+    from agrifm.compat.model import build_official_model
 
     if Path(out).exists() and not overwrite:
         raise AgrifmError(f"{out} already exists; pass --overwrite to replace it")
     if Path(out).suffix != ".safetensors":
         raise AgrifmError(f"{out}: the output must be a .safetensors file")
     cfg, names = official_model_config(config_path)
-    model = AgriFM(cfg)
+    try:
+        model = build_official_model(cfg)
+    except AgrifmError as exc:
+        raise AgrifmError(f"{config_path}: {exc}") from None
     report = load_official_checkpoint(model, checkpoint)
     if report.kind != "full":
         raise AgrifmError(f"{checkpoint}: a pre-trained encoder without decoder/head; fine-tune it with 'agrifm fit' instead")

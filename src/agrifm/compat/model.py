@@ -10,7 +10,7 @@ from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig, level_shapes
 
 __all__ = ["model_from_official_config", "config_from_official", "official_model_config", "season_lengths",
-           "official_init_checkpoint", "config_init_checkpoint"]
+           "official_init_checkpoint", "config_init_checkpoint", "build_official_model"]
 
 # Keys we read, and keys that only matter to the release's training scripts (ignored).
 _BACKBONE_KEYS = {
@@ -22,6 +22,9 @@ _BACKBONE_KEYS = {
 _TOP_KEYS = {"type", "encoders", "neck", "head", "train_cfg", "test_cfg", "data_preprocessor", "init_cfg", "pretrained"}
 _ENCODER_KEYS = {"type", "patch_emd_cfg", "backbone_cfg", "init_cfg"}
 _NECK_KEYS = {"type", "embed_dim", "in_feature_key", "feature_size", "out_size", "in_fusion_key_list", "init_cfg"}
+MAX_FRAMES = 10_000  # longest season searched for when reading the frames off the widths
+MAX_PARAMETERS = 4_000_000_000
+MAX_WIDTH = 1 << 20  # widest channel count accepted (the published model's widest is 1024)
 _HEAD_KEYS = {"type", "num_classes", "embed_dim", "loss_model", "init_cfg", "ignore_index"}
 
 
@@ -91,7 +94,7 @@ def season_lengths(cfg: ModelConfig, limit: int | None = None) -> list[int]:
         span = 1
         for step in cfg.downsample_steps[: n - 1]:
             span *= max(1, step[0])
-        limit = cfg.patch_size[0] * span * max(1, frames_last)
+        limit = min(MAX_FRAMES, cfg.patch_size[0] * span * max(1, frames_last))
     out = []
     for t in range(1, limit + 1):
         shapes = level_shapes(cfg, t)
@@ -174,8 +177,31 @@ def config_from_official(model_cfg: Mapping[str, Any], num_frames: int | None = 
         raise CompatError(f"model: {exc}") from None
     if len(cfg.downsample_steps) < n_layers - 1 or any(len(s) != 3 for s in cfg.downsample_steps):
         raise CompatError(f"backbone_cfg.downsample_steps {backbone.get('downsample_steps')}: one (t, h, w) step per stage")
+    _check_sizes(cfg)
     cfg.num_frames = _pick_season(cfg, num_frames)
     return cfg
+
+
+def _check_sizes(cfg: ModelConfig) -> None:
+    """Sizes the model can be built with, checked before anything is allocated."""
+    def positive(values, what, top=MAX_WIDTH):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= top for v in values):
+            raise CompatError(f"{what} {list(values)}: expected whole numbers from 1 to {top:,}")
+
+    positive(cfg.patch_size, "patch_size", 64)
+    positive(cfg.window_size, "backbone_cfg.window_size", 64)
+    positive(cfg.depths, "backbone_cfg.depths", 256)
+    positive(cfg.num_heads, "backbone_cfg.num_heads", 1024)
+    positive([s for step in cfg.downsample_steps for s in step], "backbone_cfg.downsample_steps", 8)
+    positive([cfg.embed_dim * 2 ** (len(cfg.depths) - 1), cfg.decoder_dim, cfg.num_classes], "embed_dim, neck embed_dim, num_classes")
+    positive([w for k in cfg.fusion_keys or [] for w in k.values()], "model.neck.in_fusion_key_list widths")
+    positive([*(cfg.feature_size or ()), *(cfg.out_size or ())], "model.neck feature_size/out_size", 1 << 16)
+    positive(list(cfg.sources.values()), "patch_emd_cfg.in_chans", 4096)
+    if len(cfg.num_heads) != len(cfg.depths):
+        raise CompatError(f"backbone_cfg: {len(cfg.depths)} depths but {len(cfg.num_heads)} num_heads")
+    for i, heads in enumerate(cfg.num_heads):
+        if (cfg.embed_dim * 2**i) % heads:
+            raise CompatError(f"backbone_cfg: stage {i} width {cfg.embed_dim * 2**i} is not divisible by {heads} heads")
 
 
 def _pick_season(cfg: ModelConfig, hint: Any) -> int:
@@ -239,6 +265,22 @@ def config_init_checkpoint(path: str | Path) -> str | None:
     return named
 
 
+def build_official_model(cfg: ModelConfig) -> AgriFM:
+    """Our model for a translated config; sizes are checked on the meta device before any memory is used."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            n = AgriFM(cfg).num_parameters()
+        if n > MAX_PARAMETERS:
+            raise CompatError(f"model: {n:,} parameters; more than {MAX_PARAMETERS:,} is not a model this reads")
+        return AgriFM(cfg)
+    except (ValueError, RuntimeError) as exc:
+        if isinstance(exc, CompatError):
+            raise
+        raise CompatError(f"model: cannot be built ({exc})") from None
+
+
 def model_from_official_config(model_cfg: Mapping[str, Any], num_frames: int | None = None) -> AgriFM:
     """Build our model from a published-format ``model`` dict (or a whole parsed config)."""
-    return AgriFM(config_from_official(model_cfg, num_frames))
+    return build_official_model(config_from_official(model_cfg, num_frames))
