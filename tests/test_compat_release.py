@@ -161,6 +161,10 @@ def test_encoder_published_loads_strictly_into_the_published_layout():
                    if k.startswith(("backbone.", f"{src}_patch_emd."))}
         target.load_state_dict(revised, strict=True)
         assert torch.equal(target.patch_emd.proj.weight, embeds[src]["proj.weight"])
+    back = model_from_official_config(meta["model"])  # and agrifm reads its own export back
+    report = load_official_checkpoint(back, pub)
+    assert report.kind == "encoder" and not report.unexpected and report.sources == {s: s for s in embeds}
+    assert torch.equal(back.encoders["Modis"].backbone.norm.weight, model.encoders["S2"].backbone.norm.weight)
 
 
 # -- export-published ----------------------------------------------------------------------

@@ -133,7 +133,7 @@ def _encoder_state(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Loa
                    source_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
     """Expand a pre-trained file (shared backbone + per-source patch embeddings) to our keys."""
     embeds = _patch_embeds(sd)
-    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.") and not k.endswith(_INDEX)}
     used = {k for k in sd if k.startswith("backbone.")}
     out: dict[str, torch.Tensor] = {}
     for name, enc in model.encoders.items():
