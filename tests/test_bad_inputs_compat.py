@@ -134,13 +134,15 @@ def test_info_on_a_point_checkpoint(capsys, tmp_path):
     assert "input 23x1x1" in out and "head classification" in out
 
 
-def test_info_published_config_for_a_season_its_decoder_cannot_take(capsys, tmp_path, fixture_files):
+def test_info_published_config_for_other_seasons(capsys, tmp_path, fixture_files):
     cfg, _, _, _ = fixture_files
-    one_line_error(capsys, "info", str(cfg), "--frames", "64", names=["--frames 64", "embed_dim"])
     from agrifm.cli import main
 
     assert main(["info", str(cfg), "--frames", "16"]) == 0  # the widths follow the season
     assert "input 16x48x48" in capsys.readouterr().out
+    assert main(["info", str(cfg), "--frames", "64"]) == 0  # the decoder takes 128-channel encoder features
+    out = capsys.readouterr().out
+    assert "input 64x48x48" in out and "embed_dim 128 (was 64)" in out
 
 
 # -- parity --------------------------------------------------------------------------------

@@ -66,12 +66,10 @@ def for_frames(cfg: ModelConfig, frames: int) -> ModelConfig:
     if cfg.fusion_keys is not None:  # published layout: the config's widths, rewritten for this season
         levels = len(cfg.fusion_keys)
         cfg.fusion_keys = [{s: widths[levels - 1 - i] for s in keys} for i, keys in enumerate(cfg.fusion_keys)]
-        if widths[-1] != cfg.decoder_dim:
-            raise AgrifmError(
-                f"--frames {frames}: the published decoder takes encoder features of its embed_dim "
-                f"({cfg.decoder_dim} channels), but {frames} frames give {widths[-1]}; its config would need "
-                f"neck embed_dim = {widths[-1]}"
-            )
+        if widths[-1] != cfg.decoder_dim:  # the published decoder takes encoder features at its own width
+            print(f"note: {frames} frames give {widths[-1]}-channel encoder features; shown with neck and head "
+                  f"embed_dim {widths[-1]} (was {cfg.decoder_dim}), as a published config for this season needs")
+            cfg.decoder_dim = widths[-1]
     cfg.num_frames = frames
     return cfg
 
