@@ -230,3 +230,27 @@ def test_convert_uses_the_configs_normalisation(tmp_path):
     m = read_metadata(tmp_path / "m.safetensors")
     assert list(m.sources["S2"].mean) == mean and list(m.sources["S2"].std) == std
     assert m.sources["S2"].bands[3] == "B08" and m.class_names == ["a", "b", "c"]
+
+
+def test_inert_reader_never_calls_globals_reached_by_extension_codes(tmp_path):
+    """Protocol-2 extension codes (copyreg) name globals too; they go through the same gate."""
+    import copyreg
+    import io
+    import pickle
+
+    from agrifm.compat.unpickle import Placeholder, _InertUnpickler
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w')",))
+
+    copyreg.add_extension("builtins", "exec", 240)
+    try:
+        data = pickle.dumps({"a": Payload()}, protocol=2)
+        assert b"\x82" in data  # EXT1
+        loaded = _InertUnpickler(io.BytesIO(data)).load()
+    finally:
+        copyreg.remove_extension("builtins", "exec", 240)
+    assert isinstance(loaded["a"], Placeholder) and not marker.exists()
