@@ -138,16 +138,21 @@ def test_encoder_file_without_a_matching_patch_embedding_fails():
         load_official_checkpoint(model, _encoder_file(sd, sources=("S2", "Modis")))
 
 
-def test_pickled_code_is_refused(tmp_path):
+def test_pickled_code_never_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
     class Evil:
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (exec, (f"open({str(marker)!r}, 'w').write('x'); print('pwned')",))
 
+    meta, sd, inputs, logits = _fixture("official_tiny_s2")
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Evil()}, path)
-    meta, _, _, _ = _fixture("official_tiny_s2")
-    with pytest.raises(ValueError, match="weights_only"):
-        load_official_checkpoint(model_from_official_config(meta["model"]), path)
+    torch.save({"state_dict": sd, "payload": Evil(), "hidden": {"nested": [Evil()]}}, path)
+    model = model_from_official_config(meta["model"]).eval()
+    load_official_checkpoint(model, path)  # the weights are read; the payload stays inert
+    assert not marker.exists() and "pwned" not in capsys.readouterr().out
+    with torch.no_grad():
+        assert torch.allclose(model(inputs), logits, atol=1e-4, rtol=1e-4)
 
 
 CONFIG_TEXT = '''

@@ -12,7 +12,7 @@ from conftest import need
 from torch.utils.data import DataLoader
 
 from agrifm.data.datasets import H5SampleDataset, collate
-from agrifm.data.h5 import H5SampleError, read_h5_sample, read_split, sample_paths, write_h5_sample
+from agrifm.data.h5 import H5SampleError, read_h5_sample, read_split, sample_paths, write_h5_sample, write_split
 from agrifm.sensors import Source, get_source
 
 h5py = pytest.importorskip("h5py")
@@ -95,7 +95,7 @@ def test_corrupt_or_incomplete_files_name_file_and_key(pastis: Path, tmp_path: P
 
 
 def test_h5_dataset_items_and_collate(pastis: Path) -> None:
-    ds = H5SampleDataset(pastis, "train", {"S2": get_source("S2"), "S1A": S1})
+    ds = H5SampleDataset(pastis, "train", {"S2": get_source("S2"), "S1A": S1}, ignore_values=[19])
     item = ds[0]
     assert item["id"] == "pastis_10186" and ds.class_names[19] == "Void label"
     assert item["inputs"]["S2"].shape == (3, 10, 32, 32) and item["inputs"]["S1A"].shape == (3, 3, 32, 32)
@@ -118,3 +118,14 @@ def test_h5_dataset_frames_pad_by_repeating(pastis: Path) -> None:
     assert item["inputs"]["S2"].shape == (5, 10, 32, 32)
     d = item["dates"]["S2"]
     assert (d[1:] >= d[:-1]).all() and len(d.unique()) == 3
+
+
+def test_label_19_is_a_class_unless_ignored_and_data_list_folder(pastis: Path, tmp_path: Path) -> None:
+    """19 is PASTIS's void, but a class elsewhere: ignored only when asked; the release's data_list/ is read."""
+    kept = H5SampleDataset(pastis, "train", ["S2"])[0]["label"]
+    assert (kept == 19).sum() == 261 and not (kept == -1).any()
+    root = tmp_path / "release_layout"
+    shutil.copytree(pastis / "h5_samples", root / "h5_samples")
+    (root / "data_list").mkdir()
+    write_split(root / "data_list" / "val.txt", ["pastis_20275"])
+    assert [p.stem for p in sample_paths(root, "val")] == ["pastis_20275"]

@@ -47,8 +47,9 @@ def test_shared_backbone_maps_to_published_layout_and_agrifm() -> None:
     model = PretrainModel(cfg).eval()
     keys = set(model.state_dict())
     assert {k.split(".")[0] for k in keys} == {"backbone", "S2_patch_emd", "HLSL30_patch_emd", "head"}
-    pub = published_state_dict(model.state_dict(), model.sources)
+    pub = published_state_dict(model.state_dict(), model.sources, cfg.window_size)
     assert not any(k.startswith("head.") for k in pub) and "S2_patch_emd.proj.weight" in pub
+    assert "backbone.layers.0.blocks.0.attn.relative_position_index" in pub  # every published buffer
 
     s2, ls = torch.randn(2, 4, 10, 16, 16), torch.randn(2, 4, 6, 16, 16)
     frac = model("S2", s2, grid=(4, 4))
@@ -201,7 +202,8 @@ def test_pretrain_end_to_end_outputs_load(shards: Path, tiny_yaml: Path, tmp_pat
         assert report.kind == "encoder" and not [k for k in report.missing if k.startswith("encoders.")]
         assert torch.equal(ft.encoders["NDVI"].patch_emd.proj.weight, pub["NDVI_patch_emd.proj.weight"])
     pre = load_pretrain_model(run / "model.safetensors")
-    assert all(torch.equal(pre.state_dict()[f"backbone.{k[9:]}"], v) for k, v in pub.items() if k.startswith("backbone."))
+    assert all(torch.equal(pre.state_dict()[f"backbone.{k[9:]}"], v) for k, v in pub.items()
+               if k.startswith("backbone.") and not k.endswith("relative_position_index"))
 
     from agrifm.tasks.classification import ClassificationTask
 

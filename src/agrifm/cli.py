@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("agrifm.commands.info", "parameters and FLOPs per part for a config and input size"),
     "convert": ("agrifm.commands.convert", "published config + checkpoint -> agrifm .safetensors"),
     "parity": ("agrifm.commands.parity", "check the model against the published-model fixtures"),
+    "export-published": ("agrifm.commands.export_published", "agrifm model -> published model.pth + config.py"),
     "fit": ("agrifm.tasks.cli", "fine-tune a model (YAML config)"),
     "validate": ("agrifm.tasks.cli", "validate a model"),
     "test": ("agrifm.tasks.cli", "test a model and write a report"),

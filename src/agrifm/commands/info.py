@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from agrifm.errors import AgrifmError
 from agrifm.models.agrifm import AgriFM
-from agrifm.models.config import ModelConfig
+from agrifm.models.config import ModelConfig, fused_widths
 
-__all__ = ["describe", "main", "resolve_config"]
+__all__ = ["describe", "main", "resolve_config", "for_frames"]
 
 
 def resolve_config(spec: str) -> ModelConfig:
@@ -25,24 +26,57 @@ def resolve_config(spec: str) -> ModelConfig:
     if spec in PRESETS:
         return preset(spec)
     path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"{spec}: neither a preset ({sorted(PRESETS)}) nor an existing file")
+    if not path.is_file():
+        raise AgrifmError(f"{spec}: neither a preset ({', '.join(sorted(PRESETS))}) nor an existing file")
     if path.suffix == ".py":
-        from agrifm.compat import config_from_official, load_official_config
+        from agrifm.compat import official_model_config
 
-        return config_from_official(load_official_config(path))
-    if path.suffix == ".safetensors":
-        from agrifm.checkpoint import read_metadata
+        return official_model_config(path)[0]
+    try:
+        if path.suffix == ".safetensors":
+            from agrifm.checkpoint import read_metadata
 
-        return read_metadata(path).model
-    import yaml
+            meta = read_metadata(path)
+            if meta.frames:
+                meta.model.num_frames = meta.frames
+            return meta.model
+        import yaml
 
-    d = yaml.safe_load(path.read_text())
-    d = d.get("model", d) if isinstance(d, dict) else d
-    if isinstance(d, dict) and "preset" in d:
-        d = dict(d)
-        return preset(d.pop("preset"), **d)
-    return ModelConfig.from_dict(d)
+        d = yaml.safe_load(path.read_text())
+        d = d.get("model", d) if isinstance(d, dict) else d
+        if isinstance(d, dict) and "preset" in d:
+            d = dict(d)
+            return preset(d.pop("preset"), **d)
+        if not isinstance(d, dict):
+            raise ValueError("expected a mapping of model settings")
+        return ModelConfig.from_dict(d)
+    except AgrifmError:
+        raise
+    except Exception as exc:  # unreadable file, unknown preset or keys: one line naming the file
+        raise AgrifmError(f"{spec}: not a model config or agrifm checkpoint ({exc})") from None
+
+
+def for_frames(cfg: ModelConfig, frames: int) -> ModelConfig:
+    """``cfg`` for a season of ``frames``: with 'cat' fusion the decoder widths follow the frames."""
+    if frames < 1:
+        raise AgrifmError(f"--frames {frames}: expected at least 1 frame")
+    if cfg.feature_fusion != "cat" or cfg.head != "segmentation" or frames == cfg.num_frames:
+        return cfg
+    widths = fused_widths(cfg, frames)
+    if cfg.fusion_keys is not None:  # published layout: the config's widths, rewritten for this season
+        levels = len(cfg.fusion_keys)
+        cfg.fusion_keys = [{s: widths[levels - 1 - i] for s in keys} for i, keys in enumerate(cfg.fusion_keys)]
+        if widths[-1] != cfg.decoder_dim:  # the published decoder takes encoder features at its own width
+            print(f"note: {frames} frames give {widths[-1]}-channel encoder features; shown with neck and head "
+                  f"embed_dim {widths[-1]} (was {cfg.decoder_dim}), as a published config for this season needs")
+            cfg.decoder_dim = widths[-1]
+    cfg.num_frames = frames
+    return cfg
+
+
+def _point_model(cfg: ModelConfig) -> bool:
+    """A pixel time-series model: no spatial patching or merging (its inputs are 1x1)."""
+    return cfg.patch_size[1:] == (1, 1) and all(tuple(s[1:]) == (1, 1) for s in cfg.downsample_steps)
 
 
 def _parts(model: AgriFM) -> dict[str, str]:
@@ -99,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="input rows = cols of the first source (default: out_size or 256)")
     args = ap.parse_args(argv)
     cfg = resolve_config(args.config)
-    frames = args.frames or cfg.num_frames
-    size = args.size or (cfg.out_size[0] if cfg.out_size else 256)
+    frames = cfg.num_frames if args.frames is None else args.frames
+    cfg = for_frames(cfg, frames)
+    if args.size is not None and args.size < 1:
+        raise AgrifmError(f"--size {args.size}: expected at least 1 pixel")
+    size = args.size or (cfg.out_size[0] if cfg.out_size else 1 if _point_model(cfg) else 256)
     if args.size and cfg.out_size:  # --size rescales a published config: out_size and feature_size follow
         cfg.out_size = (size, size)
         cfg.feature_size = (size // 16, size // 16)

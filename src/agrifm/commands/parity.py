@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from agrifm.errors import AgrifmError
+
 __all__ = ["run_case", "main", "CaseResult", "find_fixtures"]
 
 
@@ -39,12 +41,22 @@ def run_case(json_path: str | Path, impl: str = "exact") -> CaseResult:
     from agrifm.compat import load_official_checkpoint, model_from_official_config
 
     json_path = Path(json_path)
-    meta = json.loads(json_path.read_text())
-    tensors = load_file(str(json_path.with_suffix(".safetensors")))
+    try:
+        meta = json.loads(json_path.read_text())
+        tensors = load_file(str(json_path.with_suffix(".safetensors")))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:  # safetensors raises its own error types too
+        raise AgrifmError(f"{json_path}: not a readable fixture ({exc})") from None
+    except Exception as exc:
+        raise AgrifmError(f"{json_path.with_suffix('.safetensors')}: not a readable fixture ({exc})") from None
+    if not isinstance(meta, dict) or "model" not in meta or "output/logits" not in tensors:
+        raise AgrifmError(f"{json_path}: a fixture needs a 'model' config and output/logits")
     weights = {k[len("state_dict/"):]: v for k, v in tensors.items() if k.startswith("state_dict/")}
     inputs = {k[len("input/"):]: v.float() for k, v in tensors.items() if k.startswith("input/")}
-    model = model_from_official_config(meta["model"]).eval().set_attention(impl)
-    load_official_checkpoint(model, weights)
+    try:
+        model = model_from_official_config(meta["model"]).eval().set_attention(impl)
+        load_official_checkpoint(model, weights)
+    except AgrifmError as exc:
+        raise AgrifmError(f"{json_path}: {exc}") from None
     with torch.no_grad():
         logits = model(inputs)
         feats = model.forward_features(inputs)
@@ -64,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixtures", default="../shared/fixtures", help="folder of <case>.json + <case>.safetensors")
     args = ap.parse_args(argv)
     cases = find_fixtures(args.fixtures)
+    if not Path(args.fixtures).is_dir():
+        raise AgrifmError(f"{args.fixtures}: no such folder (pass --fixtures DIR with <case>.json + <case>.safetensors)")
     if not cases:
-        print(f"no fixtures in {args.fixtures}")
-        return 1
+        raise AgrifmError(f"{args.fixtures}: no fixtures (<case>.json beside <case>.safetensors)")
     ok = True
     for path in cases:
         for impl in ("exact", "sdpa"):

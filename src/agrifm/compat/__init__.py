@@ -5,11 +5,16 @@ The release's quirks that our model reproduces are switchable options of the mod
 is the one place that turns them on when a published config or checkpoint is read.
 """
 
-from agrifm.compat.checkpoint import LoadReport, load_official_checkpoint, read_state_dict
+from agrifm.compat.checkpoint import LoadReport, load_official_checkpoint, read_checkpoint, read_state_dict
 from agrifm.compat.config import ConfigSyntaxError, load_official_config, parse_official_config
-from agrifm.compat.model import config_from_official, model_from_official_config
+from agrifm.compat.errors import CompatError
+from agrifm.compat.model import (
+    config_from_official, config_init_checkpoint, model_from_official_config, official_init_checkpoint,
+    official_model_config, season_lengths,
+)
 
 __all__ = [
     "model_from_official_config", "load_official_checkpoint", "load_official_config", "parse_official_config",
-    "config_from_official", "read_state_dict", "LoadReport", "ConfigSyntaxError",
+    "config_from_official", "official_model_config", "official_init_checkpoint", "config_init_checkpoint", "season_lengths",
+    "read_state_dict", "read_checkpoint", "LoadReport", "ConfigSyntaxError", "CompatError",
 ]

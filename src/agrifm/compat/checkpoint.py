@@ -1,6 +1,7 @@
 """Load published AgriFM weights (fine-tuned full models or pre-trained encoders).
 
-Files are data, not code: ``.pth``/``.pt`` are read with ``torch.load(weights_only=True)``,
+Files are data, not code: ``.pth``/``.pt`` are read with ``torch.load(weights_only=True)``
+(training checkpoints with other objects by a restricted unpickler that runs nothing),
 ``.safetensors`` with safetensors. Published key names are mapped to ours here.
 """
 
@@ -9,13 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["load_official_checkpoint", "LoadReport", "read_state_dict", "official_to_ours", "ours_to_official",
-           "PATCH_EMBED_BY_BANDS", "encoder_to_published"]
+from agrifm.compat.errors import CompatError
+
+__all__ = ["load_official_checkpoint", "LoadReport", "read_state_dict", "read_checkpoint", "official_to_ours", "ours_to_official",
+           "PATCH_EMBED_BY_BANDS", "encoder_to_published", "with_index_buffers"]
 
 # The release picks a pre-trained patch embedding by band count.
 PATCH_EMBED_BY_BANDS = {10: "S2", 6: "HLSL30", 7: "Modis"}
@@ -45,34 +48,53 @@ def _summarise(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """The object a checkpoint file holds: safetensors, tensor-only pickles, or training checkpoints.
+
+    ``.pth`` files are first read with ``torch.load(weights_only=True)``; files that need more
+    (mmengine's training checkpoints: config text, message hub, optimizer state) are read by
+    :func:`~agrifm.compat.unpickle.load_inert`, which rebuilds tensors and plain containers and
+    leaves every other object inert. Nothing in a file is ever executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CompatError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise CompatError(f"{path}: not a readable .safetensors file ({exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        pass  # a training checkpoint with other objects, or not a checkpoint at all
+    from agrifm.compat.unpickle import load_inert
+
+    try:
+        return load_inert(path)
+    except Exception as exc:
+        raise CompatError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def read_state_dict(path_or_dict: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A flat tensor dict from a file or dict; unwraps ``state_dict``/``model`` and ``module.``."""
-    if isinstance(path_or_dict, Mapping):
-        sd = dict(path_or_dict)
-    else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(
-                    f"{path}: cannot be read as a tensor-only checkpoint (torch.load weights_only=True): {exc}. "
-                    "Files that need full unpickling are refused; convert them where they were made."
-                ) from None
+    where = "state dict" if isinstance(path_or_dict, Mapping) else str(path_or_dict)
+    sd = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint(path_or_dict)
+    if not isinstance(sd, Mapping):
+        raise CompatError(f"{where}: holds a {type(sd).__name__}, not a dict of tensors")
+    sd = dict(sd)
     for wrapper in ("state_dict", "model", "module"):
         if wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = dict(sd[wrapper])
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    # mmengine's data preprocessor (normalisation constants) is not part of the network.
+    sd = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
     if not sd:
-        raise ValueError(f"{path_or_dict if not isinstance(path_or_dict, Mapping) else 'state dict'}: no tensors found")
+        raise CompatError(f"{where}: no tensors found")
     return sd
 
 
@@ -111,7 +133,7 @@ def _encoder_state(model: nn.Module, sd: Mapping[str, torch.Tensor], report: Loa
                    source_map: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
     """Expand a pre-trained file (shared backbone + per-source patch embeddings) to our keys."""
     embeds = _patch_embeds(sd)
-    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.") and not k.endswith(_INDEX)}
     used = {k for k in sd if k.startswith("backbone.")}
     out: dict[str, torch.Tensor] = {}
     for name, enc in model.encoders.items():
@@ -179,16 +201,34 @@ def load_official_checkpoint(
         problems.append(f"missing keys: {_summarise([ours_to_official(k) for k in fatal_missing])}")
     if problems and strict:
         src = state_dict_or_path if not isinstance(state_dict_or_path, Mapping) else "state dict"
-        raise ValueError(f"{src} does not fit this model ({report.kind} checkpoint):\n  " + "\n  ".join(problems))
+        raise CompatError(f"{src} does not fit this model ({report.kind} checkpoint): " + "; ".join(problems))
     loadable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(loadable, strict=False)
     report.loaded = sorted(ours_to_official(k) for k in loadable)
     return report
 
 
-def encoder_to_published(encoder_state: Mapping[str, torch.Tensor], patch_embeds: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Our backbone + per-source patch embeddings -> the published pre-trained layout."""
+def with_index_buffers(state: Mapping[str, torch.Tensor], window_size: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """``state`` plus the ``relative_position_index`` buffer of every attention block, as the release stores.
+
+    The release registers, per block, the index of its *configured* window (the leading block
+    of it is taken at run time for clipped windows), so every buffer is the same tensor.
+    """
+    from agrifm.models.attention import relative_position_index
+
+    window = tuple(int(w) for w in window_size)
+    index = relative_position_index(window, window).clone()
+    out = dict(state)
+    for key in state:
+        if key.endswith(".relative_position_bias_table"):
+            out[key[: -len("relative_position_bias_table")] + _INDEX] = index.clone()
+    return out
+
+
+def encoder_to_published(encoder_state: Mapping[str, torch.Tensor], patch_embeds: Mapping[str, Mapping[str, torch.Tensor]],
+                         window_size: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """Our backbone + per-source patch embeddings -> the published pre-trained layout, every buffer included."""
     out = {f"backbone.{k}": v.detach().clone().contiguous() for k, v in encoder_state.items()}
     for src, sd in patch_embeds.items():
         out.update({f"{src}_patch_emd.{k}": v.detach().clone().contiguous() for k, v in sd.items()})
-    return out
+    return with_index_buffers(out, window_size)

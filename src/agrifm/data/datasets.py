@@ -73,7 +73,7 @@ class H5SampleDataset(Dataset):
 
     ``sources`` maps H5 dataset keys to :class:`~agrifm.sensors.Source` (or lists registered
     names); channels are reordered to each source's band order by the stored band names.
-    Label values in ``ignore_values`` (e.g. PASTIS void 19) become -1. ``frames`` fixes the
+    Label values in ``ignore_values`` become -1 (none by default; PASTIS: ``[19]``, its void). ``frames`` fixes the
     number of frames per source (see :class:`_FrameChooser`); None keeps all.
     """
 
@@ -84,7 +84,7 @@ class H5SampleDataset(Dataset):
         sources: Mapping[str, Source] | Sequence[str] = ("S2",),
         *,
         label_key: str = "label",
-        ignore_values: Sequence[int] = (19,),
+        ignore_values: Sequence[int] = (),
         frames: int | None = None,
         train: bool = False,
         seed: int = 0,

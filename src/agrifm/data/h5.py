@@ -3,7 +3,8 @@
 Layout of a dataset root::
 
     h5_samples/<name>.h5      one sample: a dataset per source (T, C, H, W), `label` (H, W), extras
-    data_lists/<split>.txt    one sample name per line (train / val / test)
+    data_lists/<split>.txt    one sample name per line (train / val / test); the release's
+                              configs call the folder data_list/, which is read as well
 
 In a file, dates and band names may be stored per dataset (`dates`, `bands` attributes) or
 at file level (`dates_<SRC>`, and `dates` for the main source); both are read, the dataset's
@@ -31,11 +32,17 @@ __all__ = [
     "h5_sources",
     "read_split",
     "sample_paths",
+    "PASTIS_VOID",
+    "SPLIT_FOLDERS",
 ]
 
 PathLike = Union[str, os.PathLike]
 SplitLike = Union[str, os.PathLike, Sequence[str], None]
 LABEL_KEY = "label"
+# PASTIS's void label. Not ignored by default (other data sets use 19 as a class): PASTIS-like
+# data pass ``ignore_values=[PASTIS_VOID]`` to the dataset / data module.
+PASTIS_VOID = 19
+SPLIT_FOLDERS = ("data_lists", "data_list")  # ours, and the name in the release's configs
 
 
 class H5SampleError(ValueError):
@@ -246,8 +253,8 @@ def _sample_dir(root: Path) -> Path:
 def sample_paths(root: PathLike, split: SplitLike = None) -> list[Path]:
     """Files of a split.
 
-    ``root`` is a dataset folder (with ``h5_samples/`` and ``data_lists/``) or a folder of
-    ``.h5`` files; ``split`` is a split name (``'train'`` -> ``data_lists/train.txt``), a
+    ``root`` is a dataset folder (with ``h5_samples/`` and ``data_lists/`` or ``data_list/``) or a
+    folder of ``.h5`` files; ``split`` is a split name (``'train'`` -> ``data_lists/train.txt``), a
     split file, a list of sample names, or None for every file. Missing files are an error
     naming the split.
     """
@@ -259,8 +266,8 @@ def sample_paths(root: PathLike, split: SplitLike = None) -> list[Path]:
             raise FileNotFoundError(f"no .h5 samples in {folder}")
         return files
     if isinstance(split, (str, os.PathLike)):
-        named = root / "data_lists" / f"{split}.txt"
-        split_file = named if named.is_file() else Path(split)
+        named = [root / folder / f"{split}.txt" for folder in SPLIT_FOLDERS]
+        split_file = next((p for p in named if p.is_file()), Path(split))
         names, where = read_split(split_file), str(split_file)
     else:
         names, where = list(split), "the given names"

@@ -73,8 +73,10 @@ class AgriFM(nn.Module):
 
                 self.neck = EfficientDecoder(cfg, widths)
             else:
+                # Widths given by the config (published layout): the published in_conv rule.
+                enc_widths = None if cfg.fusion_keys is not None else {s: widths[-1] for s in cfg.decoder_sources}
                 self.neck = MultiFusionNeck(
-                    cfg.decoder_dim, cfg.decoder_sources, {s: widths[-1] for s in cfg.decoder_sources},
+                    cfg.decoder_dim, cfg.decoder_sources, enc_widths,
                     fusion_keys, cfg.feature_size, cfg.out_size,
                 )
             self.head: nn.Module = SegmentationHead(cfg.decoder_dim, cfg.num_classes)

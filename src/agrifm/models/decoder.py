@@ -60,6 +60,10 @@ class MultiFusionNeck(nn.Module):
     then each entry of ``fusion_keys`` upsamples ×2 and fuses that level's features of the
     named sources (entry i takes ``features_list[L-1-i]``); ``out_conv`` and a final resize to
     ``out_size``. ``feature_size``/``out_size`` of None follow the input (our default).
+    ``encoder_widths`` None is the published rule (every width from the config): ``in_conv`` is
+    the identity for one source and fuses ``len(in_feature_key)·embed_dim`` channels otherwise;
+    given, ``in_conv`` fuses those widths and is the identity only for one source already at
+    ``embed_dim``.
     ``fast`` (default): channels-last on CUDA and Winograd 3x3 convs on CPU (see ``Conv3x3``);
     ``fast = False`` (via ``AgriFM.set_attention('exact')``) is the published computation.
     """
@@ -68,7 +72,7 @@ class MultiFusionNeck(nn.Module):
         self,
         embed_dim: int,
         in_feature_key: Sequence[str],
-        encoder_widths: dict[str, int],
+        encoder_widths: dict[str, int] | None,
         fusion_keys: Sequence[dict[str, int]],
         feature_size: Sequence[int] | None = None,
         out_size: Sequence[int] | None = None,
@@ -79,7 +83,11 @@ class MultiFusionNeck(nn.Module):
         self.fusion_keys = [dict(k) for k in fusion_keys]
         self.feature_size = None if feature_size is None else tuple(feature_size)
         self.out_size = None if out_size is None else tuple(out_size)
-        in_width = sum(encoder_widths[s] for s in self.in_feature_key)
+        if encoder_widths is None:
+            self.in_widths = {s: embed_dim for s in self.in_feature_key}
+        else:
+            self.in_widths = {s: encoder_widths[s] for s in self.in_feature_key}
+        in_width = sum(self.in_widths.values())
         if len(self.in_feature_key) == 1 and in_width == embed_dim:
             self.in_conv: nn.Module = nn.Identity()
         else:
@@ -94,6 +102,12 @@ class MultiFusionNeck(nn.Module):
         features: dict[str, list[torch.Tensor]],
         out_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
+        for src, width in self.in_widths.items():
+            if encoder_features[src].shape[1] != width:
+                raise ValueError(
+                    f"decoder input: source {src!r} has {encoder_features[src].shape[1]} channels, the decoder takes {width} "
+                    "(with 'cat' fusion widths depend on the number of frames)"
+                )
         first = encoder_features[self.in_feature_key[0]]
         size = self.feature_size or tuple(first.shape[-2:])
         x = torch.cat([fast_layout(resize(encoder_features[s], size), self.fast) for s in self.in_feature_key], dim=1)

@@ -226,7 +226,7 @@ def export_outputs(model: torch.nn.Module, run: Path, sources: dict[str, Source]
     cfg.use_checkpoint = False
     save_model(to_agrifm(state, cfg), run / "model.safetensors", task="pretrain", sources=sources,
                class_names=class_names, frames=frames, extra=extra)
-    save_tensors(published_state_dict(state, list(cfg.sources)), run / "encoder_published.pth")
+    save_tensors(published_state_dict(state, list(cfg.sources), cfg.window_size), run / "encoder_published.pth")
 
 
 def _summary(mixer: Any, datasets: dict[str, ShardDataset]) -> dict[str, Any]:

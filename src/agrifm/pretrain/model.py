@@ -152,10 +152,12 @@ def _sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def published_state_dict(state: Mapping[str, torch.Tensor], sources: Sequence[str]) -> dict[str, torch.Tensor]:
-    """A full :class:`PretrainModel` state dict -> the published pre-trained layout (no head, no date encoding)."""
+def published_state_dict(state: Mapping[str, torch.Tensor], sources: Sequence[str],
+                         window_size: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """A full :class:`PretrainModel` state dict -> the published pre-trained layout (no head, no date encoding;
+    every buffer of the published encoder, so the release loads it with ``strict=True``)."""
     embeds = {s: _sub_state(state, s + EMBED_SUFFIX + ".") for s in sources}
-    return encoder_to_published(_sub_state(state, "backbone."), embeds)
+    return encoder_to_published(_sub_state(state, "backbone."), embeds, window_size)
 
 
 def _expand_head(head: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:

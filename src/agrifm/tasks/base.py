@@ -29,6 +29,10 @@ def resolve_model_config(model: ModelConfig | Mapping[str, Any] | str, **overrid
 
     if isinstance(model, ModelConfig):
         d = model.to_dict()
+    elif isinstance(model, str) and model.endswith(".py"):  # a published-format config (read, never executed)
+        from agrifm.compat import official_model_config
+
+        d = official_model_config(model)[0].to_dict()
     elif isinstance(model, str):
         return preset(model, **overrides)
     else:
@@ -43,7 +47,8 @@ class AgriFMTask(L.LightningModule):
     """Base task. Subclasses implement ``_step(batch) -> (loss, preds, target)``.
 
     Args:
-        model: model config (ModelConfig, dict, preset name or {'preset': ..., ...}).
+        model: model config (ModelConfig, dict, preset name, {'preset': ..., ...}, or a published-format
+            ``.py`` config, whose ``init_cfg`` weights are loaded unless ``init_checkpoint`` is given).
         sources: {name: Source dict or registered name}: bands + normalisation that travel with the checkpoint.
         class_names: names of the output classes (their count sets ``num_classes``).
         lr, weight_decay, warmup_steps, min_lr: AdamW + linear warm-up + cosine (published: 6e-5, 5e-4, 1000, 1e-6).
@@ -77,6 +82,10 @@ class AgriFMTask(L.LightningModule):
         self.sources_meta: dict[str, Source] = srcs
         cfg = resolve_model_config(model, sources={k: v.num_bands for k, v in srcs.items()}, **self._config_overrides(len(class_names)))
         self.model: AgriFM = build_model(cfg)
+        if init_checkpoint is None and isinstance(model, str) and model.endswith(".py"):
+            from agrifm.compat import config_init_checkpoint
+
+            init_checkpoint = config_init_checkpoint(model)  # the config's init_cfg, as the release does
         if init_checkpoint:
             self._init_from(init_checkpoint)
         self._freeze(freeze_stages)

@@ -1,6 +1,6 @@
 """LightningDataModules for the three kinds of training data, usable from YAML configs.
 
-* :class:`H5DataModule`: the published H5 sample layout (``h5_samples/`` + ``data_lists/``).
+* :class:`H5DataModule`: the published H5 sample layout (``h5_samples/`` + ``data_lists/`` or ``data_list/``).
 * :class:`TableDataModule`: labelled pixel time series in a long table, split by location.
 * :class:`ChipDataModule`: GeoTIFF stacks (one or several sources at their native resolution
   over one footprint) cut into chips, labelled by a label raster or by points/polygons
@@ -195,15 +195,15 @@ class AgriFMDataModule(L.LightningDataModule):
 
 
 class H5DataModule(AgriFMDataModule):
-    """Samples in the published H5 layout; splits from ``data_lists/<name>.txt``.
+    """Samples in the published H5 layout; splits from ``data_lists/<name>.txt`` (or ``data_list/``).
 
     ``sources`` are H5 dataset keys (e.g. ``[S2]`` or ``{S2: S2, S1A: {bands: [VV, VH, VV/VH]}}``);
-    label values in ``ignore_values`` (PASTIS void 19) become -1. For field boundaries read the
+    label values in ``ignore_values`` become -1 (none by default; PASTIS: ``[19]``). For field boundaries read the
     instance ids: ``label_key: instance`` with ``ignore_values: []``.
     """
 
     def __init__(self, root: str, sources: SourcesArg = ("S2",), *, label_key: str = "label",
-                 ignore_values: Sequence[int] = (19,), frames: int | None = None, batch_size: int = 4,
+                 ignore_values: Sequence[int] = (), frames: int | None = None, batch_size: int = 4,
                  num_workers: int = 0, train_split: str = "train", val_split: str | None = "val",
                  test_split: str | None = "test", compute_stats: bool | list[str] = False, seed: int = 0) -> None:
         super().__init__(sources, frames=frames, batch_size=batch_size, num_workers=num_workers,
