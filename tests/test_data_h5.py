@@ -12,7 +12,7 @@ from conftest import need
 from torch.utils.data import DataLoader
 
 from agrifm.data.datasets import H5SampleDataset, collate
-from agrifm.data.h5 import H5SampleError, read_h5_sample, read_split, sample_paths, write_h5_sample, write_split
+from agrifm.data.h5 import H5SampleError, read_h5_sample, read_split, sample_paths, write_h5_sample
 from agrifm.sensors import Source, get_source
 
 h5py = pytest.importorskip("h5py")
@@ -127,5 +127,5 @@ def test_label_19_is_a_class_unless_ignored_and_data_list_folder(pastis: Path, t
     root = tmp_path / "release_layout"
     shutil.copytree(pastis / "h5_samples", root / "h5_samples")
     (root / "data_list").mkdir()
-    write_split(root / "data_list" / "val.txt", ["pastis_20275"])
+    (root / "data_list" / "val.txt").write_text("pastis_20275\n")
     assert [p.stem for p in sample_paths(root, "val")] == ["pastis_20275"]
