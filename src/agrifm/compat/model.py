@@ -271,7 +271,7 @@ def build_official_model(cfg: ModelConfig) -> AgriFM:
 
     try:
         with torch.device("meta"):
-            n = AgriFM(cfg).num_parameters()
+            n = sum(p.numel() for p in AgriFM(cfg).parameters())
         if n > MAX_PARAMETERS:
             raise CompatError(f"model: {n:,} parameters; more than {MAX_PARAMETERS:,} is not a model this reads")
         return AgriFM(cfg)
