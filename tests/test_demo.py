@@ -9,16 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, benchmark, need
+from conftest import DATA, DEMO_DATA, ROOT, benchmark, need
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
-    need(DATA / "mato_grosso_modis")
+    need(DEMO_DATA / "mato_grosso_modis")
     from agrifm.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    metrics = run_demo(DATA, out, epochs=1, progress=False)
+    metrics = run_demo(DEMO_DATA, out, epochs=1, progress=False)
     return out, metrics
 
 
@@ -52,7 +52,7 @@ def test_demo_map_is_a_valid_cog_on_the_cube_grid(demo_out):
     out = demo_out[0]
     valid, errors, _ = cog_validate(str(out / "crop_map.tif"))
     assert valid, errors
-    cube = sorted((DATA / "mato_grosso_modis" / "sinop_cube").glob("*.tif"))[0]
+    cube = sorted((DEMO_DATA / "mato_grosso_modis" / "sinop_cube").glob("*.tif"))[0]
     with rasterio.open(out / "crop_map.tif") as m, rasterio.open(cube) as c:
         assert m.crs == c.crs and m.transform == c.transform and (m.width, m.height) == (c.width, c.height)
         arr = m.read(1)
@@ -65,7 +65,7 @@ def test_predict_cli_reproduces_the_demo_map(demo_out, tmp_path):
     out = demo_out[0]
     target = tmp_path / "again.tif"
     r = subprocess.run([sys.executable, "-m", "agrifm.cli", "predict", "--checkpoint", str(out / "model.safetensors"),
-                        "--source", f"MOD13Q1={DATA / 'mato_grosso_modis' / 'sinop_cube'}", "--out", str(target),
+                        "--source", f"MOD13Q1={DEMO_DATA / 'mato_grosso_modis' / 'sinop_cube'}", "--out", str(target),
                         "--no-progress"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     with rasterio.open(out / "crop_map.tif") as a, rasterio.open(target) as b:
@@ -83,7 +83,7 @@ def test_demo_without_data_says_where_to_get_it(tmp_path, capsys):
 def test_accuracy_benchmark_json_contract(tmp_path):
     import pandas as pd
 
-    csv = need(DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+    csv = need(DEMO_DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
     df = pd.read_csv(csv)
     keep = df["sample_id"].drop_duplicates().sample(240, random_state=0)
     small = df[df["sample_id"].isin(keep)].drop(columns=["longitude", "latitude"])
