@@ -74,7 +74,8 @@ def _points_agreement(map_path: Path, points_csv: Path, class_names: list[str]) 
     for _, p in pts.iterrows():
         v = int(arr[int(p["row"]), int(p["col"])])
         pred = class_names[v] if v < len(class_names) else None
-        rows.append({"id": int(p["id"]), "label": p["label"], "predicted": pred, "agree": pred == p["label"]})
+        rows.append({"id": int(p["id"]), "row": int(p["row"]), "col": int(p["col"]), "label": p["label"],
+                     "predicted": pred, "agree": pred == p["label"]})
     n_ok = sum(r["agree"] for r in rows)
     return {"agreement": n_ok / len(rows), "n": len(rows), "n_agree": n_ok, "points": rows}
 

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import IO, Any
 
-__all__ = ["LineProgress", "is_interactive", "lightning_progress", "progress_bar"]
+__all__ = ["LineProgress", "epoch_metrics", "is_interactive", "lightning_progress", "progress_bar"]
 
 
 def is_interactive(stream: IO[str] | None = None) -> bool:
@@ -76,21 +76,40 @@ def progress_bar(total: int | None, desc: str = "", unit: str = "it", *, enabled
     return LineProgress(total, desc, unit, every)
 
 
+def epoch_metrics(trainer: Any, validated: bool) -> dict[str, float]:
+    """Scalar epoch-level metrics Lightning holds now (``x_epoch`` reported as ``x``; ``val_*``
+    only when ``validated`` this epoch, since Lightning keeps the last validation's values)."""
+    out: dict[str, float] = {}
+    for k, v in trainer.callback_metrics.items():
+        if k.endswith("_step") or getattr(v, "numel", lambda: 1)() != 1:
+            continue
+        name = k.removesuffix("_epoch")
+        if name.startswith("val") and not validated:
+            continue
+        if k.endswith("_epoch") or name not in out:
+            out[name] = float(v)
+    return out
+
+
 def _epoch_line_callback(desc: str) -> Any:
     from lightning.pytorch.callbacks import Callback
 
     class EpochLines(Callback):
-        """One line per training epoch: ``desc epoch 3/40: train_loss 0.41, val_oa 0.93 (12 s)``."""
+        """One line per training epoch: ``train epoch 3/40: train_loss 0.41, val_oa 0.93 (12 s)``."""
 
         def __init__(self) -> None:
             self._t0 = time.monotonic()
+            self._validated = False
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            self._validated = not trainer.sanity_checking
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            if trainer.sanity_checking or getattr(trainer, "global_rank", 0) != 0:
+            validated, self._validated = self._validated, False
+            if getattr(trainer, "global_rank", 0) != 0:
                 return
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                       if getattr(v, "numel", lambda: 1)() == 1 and not k.endswith("_step")}
-            shown = ", ".join(f"{k.removesuffix('_epoch')} {v:.4g}" for k, v in sorted(metrics.items()))
+            metrics = epoch_metrics(trainer, validated)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
             step = f", step {trainer.global_step}" if trainer.max_steps and trainer.max_steps > 0 else ""
             head = f"{desc} " if desc else ""

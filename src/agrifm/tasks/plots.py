@@ -22,7 +22,7 @@ from agrifm.io import atomic_output
 
 __all__ = ["History", "plot_training_curves", "read_history", "save_confusion_matrix", "save_figure"]
 
-_METRICS = ("oa", "mf1", "miou", "kappa", "boundary_f1")
+_METRICS = ("oa", "mf1", "boundary_f1")  # drawn on the validation panel (miou, kappa stay in the CSV)
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
@@ -37,40 +37,31 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     """Row-normalised confusion matrix with counts (reference rows, predicted columns) as PNG."""
     from agrifm.tasks.report import _plot_confusion
 
-    return save_figure(_plot_confusion(np.asarray(cm), [str(c) for c in class_names], title), path)
+    return save_figure(_plot_confusion(np.asarray(cm, dtype=np.float64), [str(c) for c in class_names], title), path)
 
 
 def _history_callback() -> type:
     from lightning.pytorch.callbacks import Callback
 
     class _History(Callback):
-        """Epoch-level ``*loss*`` and ``val_*`` metrics per epoch; written to ``path`` (CSV) at fit end."""
+        """Epoch-level losses and metrics per epoch (``val_*`` on validated epochs); written to
+        ``path`` (CSV) at fit end."""
 
         def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
             self.path = None if path is None else Path(path)
             self.rows: list[dict[str, float]] = []
+            self._validated = False
 
-        def _record(self, trainer: Any, phase: str) -> None:
-            if trainer.sanity_checking or getattr(trainer, "global_rank", 0) != 0:
-                return
-            row = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
-            for k, v in trainer.callback_metrics.items():
-                name = k.removesuffix("_epoch")
-                if k.endswith("_step") or getattr(v, "numel", lambda: 1)() != 1:
-                    continue
-                if (phase == "train" and name.startswith("train")) or (phase == "val" and name.startswith("val")):
-                    row[name] = float(v)
-            same = [r for r in self.rows if r["epoch"] == row["epoch"]]
-            if same:
-                same[0].update(row)
-            else:
-                self.rows.append(row)
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            self._validated = not trainer.sanity_checking
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self._record(trainer, "train")
+            from agrifm.progress import epoch_metrics
 
-        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self._record(trainer, "val")
+            validated, self._validated = self._validated, False
+            if getattr(trainer, "global_rank", 0) == 0:
+                self.rows.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step,
+                                  **epoch_metrics(trainer, validated)})
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
             if self.path is not None and self.rows and getattr(trainer, "global_rank", 0) == 0:
@@ -96,9 +87,10 @@ def write_history(rows: Sequence[Mapping[str, float]], path: str | os.PathLike[s
 
 
 def read_history(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """The rows :func:`write_history` wrote (empty cells dropped)."""
+    """The rows :func:`write_history` wrote (empty cells dropped; ``epoch``/``step`` as int)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
+        return [{k: int(float(v)) if k in ("epoch", "step") else float(v) for k, v in r.items() if v not in ("", None)}
+                for r in csv.DictReader(fh)]
 
 
 def plot_training_curves(rows: Sequence[Mapping[str, float]], path: str | os.PathLike[str], *,
@@ -124,13 +116,14 @@ def plot_training_curves(rows: Sequence[Mapping[str, float]], path: str | os.Pat
     axes[0].set_title("loss")
     for key in metrics:
         xs, ys = series(key)
-        axes[1].plot(xs, ys, marker="o", markersize=3, label=key)
-        if ys:
-            axes[1].annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes[1].plot(xs, ys, marker="o", markersize=3, label=f"{key} (last {ys[-1]:.3f})" if ys else key)
     if metrics:
-        axes[1].set_title("validation")
-        axes[1].set_ylim(top=1.0)
+        axes[1].set_title("validation (evaluated weights)")
+        axes[1].set_ylim(0.0, 1.0)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
