@@ -44,7 +44,7 @@ def _fit_and_test(config: Path, run: Path, *extra: str, steps: int = 2) -> dict:
     assert agrifm(_args("fit", config, run, "--trainer.max_steps", str(steps), *extra)) == 0
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "model.safetensors").is_file()
     assert agrifm(_args("test", config, run, *extra)) == 0
-    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png"):
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
         assert (run / "test" / name).is_file(), name
     return json.loads((run / "test" / "metrics.json").read_text())
 

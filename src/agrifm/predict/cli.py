@@ -92,11 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from agrifm.predict import engine
 
     if args.assemble:
         if not args.block_dir:
             raise ValueError("--assemble needs --block-dir")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
         paths = engine.assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
@@ -107,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     sources = parse_sources(args.source)
     band_map = parse_band_maps(args.band_map)
     predictor = checkpoint.load_predictor(args.checkpoint, device=args.device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
     provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     result = engine.predict_scene(
         predictor, sources, args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,

@@ -408,6 +408,10 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     export_outputs(task.model, out, sources, class_names, a.frames, extra)
     if rank_world()[0] == 0:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=1), fsync=True)
+        if (out / "metrics.csv").is_file():  # loss curves beside metrics.csv
+            from agrifm.tasks.plots import curves_from_csv
+
+            curves_from_csv(out / "metrics.csv", out / "loss_curves.png", title=f"agrifm pretrain: {out.name}", x="step")
     return summary
 
 

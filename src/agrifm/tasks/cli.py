@@ -173,6 +173,9 @@ class AgriFMCLI(LightningCLI):
                  "sources": ", ".join(task.sources_meta), "data": type(self.datamodule).__name__, **scores}
         paths = write_report(metrics, self.run_dir / stage, title=f"AgriFM {stage}: {self.run_dir.name}",
                              class_names=task.class_names, extra=extra)
+        from agrifm.tasks.plots import training_curves_from_run  # loss + validation metrics of the fit, if any
+
+        training_curves_from_run(self.run_dir, self.run_dir / stage / "training_curves.png", title=f"AgriFM fit: {self.run_dir.name}")
         rank_zero_info(f"{stage} report: {paths['report.md']}")
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from agrifm.io import atomic_output
 
-__all__ = ["History", "plot_training_curves", "read_history", "save_confusion_matrix", "save_figure"]
+__all__ = ["History", "curves_from_csv", "plot_training_curves", "read_history", "save_confusion_matrix", "save_figure",
+           "training_curves_from_run"]
 
 _METRICS = ("oa", "mf1", "boundary_f1")  # drawn on the validation panel (miou, kappa stay in the CSV)
 
@@ -130,3 +131,36 @@ def plot_training_curves(rows: Sequence[Mapping[str, float]], path: str | os.Pat
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def curves_from_csv(csv_path: str | os.PathLike[str], png: str | os.PathLike[str], *, title: str,
+                    x: str = "epoch") -> Path:
+    """Curves from a metrics CSV: Lightning's ``CSVLogger`` or ``agrifm pretrain``'s ``metrics.csv``.
+
+    ``x="epoch"``: rows merged per epoch (``*_epoch`` values; Lightning's 0-based epochs shown
+    from 1); ``x="step"``: rows merged per step (``*_step`` values and the validations).
+    """
+    rows = read_history(csv_path)
+    drop, strip = ("_step", "_epoch") if x == "epoch" else ("_epoch", "_step")
+    merged: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if x not in r:
+            continue
+        at = r[x] + 1 if x == "epoch" else r[x]
+        row = merged.setdefault(at, {x: at})
+        row.update({k.removesuffix(strip): v for k, v in r.items() if k not in ("epoch", "step") and not k.endswith(drop)})
+    return plot_training_curves([merged[k] for k in sorted(merged)], png, title=title, x=x)
+
+
+def training_curves_from_run(run_dir: str | os.PathLike[str], png: str | os.PathLike[str], *,
+                             title: str) -> Path | None:
+    """Training curves from the newest ``logs/version_*/metrics.csv`` of an ``agrifm fit`` run
+    that holds training losses (per epoch, or per step for runs of fewer than 3 epochs);
+    ``None`` when there is none (e.g. a run never fitted)."""
+    logs = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for log in logs:
+        rows = read_history(log)
+        if any(k.startswith("train_loss") for r in rows for k in r):
+            epochs = {r["epoch"] for r in rows if "epoch" in r}
+            return curves_from_csv(log, png, title=title, x="epoch" if len(epochs) >= 3 else "step")
+    return None
