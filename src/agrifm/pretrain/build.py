@@ -152,7 +152,7 @@ def build_pretrain_shards(
     """Build the shards (see the module docstring); returns the summary that is printed."""
     import rasterio
     from rasterio.windows import Window
-    from tqdm import tqdm
+    from agrifm.progress import progress_bar
 
     from agrifm.data.stack import open_stack
 
@@ -205,7 +205,7 @@ def build_pretrain_shards(
             for n, st in stacks.items()
         }
         total = sum(len(r) * len(c) for r, c in plan.values())
-        bar = tqdm(total=total, unit="chip", disable=None if progress is None else not progress, file=sys.stderr)
+        bar = progress_bar(total, "pretrain-data", "chip", enabled=progress is not False)  # lines in a log
         for n, st in stacks.items():
             chip, cell, step = sizes[n]
             rows, cols = plan[n]

@@ -44,7 +44,11 @@ def default_trainer_settings() -> dict[str, Any]:
     """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32."""
     gpu = torch.cuda.is_available()
     precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
-    return {"precision": precision, "default_root_dir": "runs/agrifm", "log_every_n_steps": 10}
+    from agrifm.progress import lightning_progress  # a bar on a terminal, a line per epoch in a log file
+
+    bar, lines = lightning_progress(True, "fit")
+    return {"precision": precision, "default_root_dir": "runs/agrifm", "log_every_n_steps": 10,
+            "enable_progress_bar": bar, **({"callbacks": lines} if lines else {})}
 
 
 def load_weights(task: AgriFMTask, path: Path) -> None:
