@@ -152,9 +152,9 @@ def build_pretrain_shards(
     """Build the shards (see the module docstring); returns the summary that is printed."""
     import rasterio
     from rasterio.windows import Window
-    from agrifm.progress import progress_bar
 
     from agrifm.data.stack import open_stack
+    from agrifm.progress import progress_bar
 
     masks, bands = masks or {}, bands or {}
     for name in [*sources, *masks, *bands]:
