@@ -96,7 +96,7 @@ def _scale_bar(ax, info: dict, scale: float) -> None:
     length = max(v * 10 ** e for e in range(0, 8) for v in (1, 2, 5) if v * 10 ** e <= target) if target >= 1 else 1
     label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
     ax.add_artist(AnchoredSizeBar(ax.transData, length / px_m, label, "lower left", pad=0.4, color="black",
-                                  frameon=True, size_vertical=max(1, 0.01 * info["size"][1] * scale),
+                                  frameon=True, size_vertical=0.012 * info["size"][1] * scale,
                                   fontproperties={"size": 8}))
 
 
