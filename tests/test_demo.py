@@ -13,13 +13,26 @@ from conftest import DATA, DEMO_DATA, ROOT, benchmark, need
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
-    need(DEMO_DATA / "mato_grosso_modis")
-    from agrifm.demo import run_demo
+def demo_run(tmp_path_factory):
+    """``agrifm demo`` (1 epoch) as a user runs it, its output going to a log (not a terminal)."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    r = subprocess.run([sys.executable, "-m", "agrifm.cli", "demo", "--out", str(out), "--epochs", "1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads((out / "metrics.json").read_text()), r.stdout + r.stderr
 
-    out = tmp_path_factory.mktemp("demo")
-    metrics = run_demo(DEMO_DATA, out, epochs=1, progress=False)
-    return out, metrics
+
+@pytest.fixture(scope="module")
+def demo_out(demo_run):
+    return demo_run[:2]
+
+
+def test_demo_log_has_progress_lines_not_bars(demo_run):
+    log = demo_run[2]
+    assert "\r" not in log and len(log) < 20_000
+    assert "train epoch 1/1: train_loss" in log and "val_oa" in log  # the hold-out is scored at the last epoch
+    assert "predict: 12/12 win (100 %)" in log  # the map's progress counts windows, not one block
+    assert "Sinop points" in log and "Traceback" not in log
 
 
 def test_demo_finds_the_data_shipped_with_the_repository():
