@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv with the CPU build of torch (installed first, then pinned through a
-# constraints file so no dependency can pull a multi-GB CUDA build), and agrifm with extras.
+# Create .venv with torch (installed first, then pinned through a constraints file so no
+# dependency can swap in another build), and agrifm with extras, editable.
+#   AGRIFM_TORCH=torch==X          the torch to install (default below)
+#   AGRIFM_TORCH_INDEX=URL         where to get it, e.g. https://download.pytorch.org/whl/cpu
+#                                  for the CPU-only build (no multi-GB CUDA libraries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +13,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 TORCH_SPEC=${AGRIFM_TORCH:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q "$TORCH_SPEC"
+  # numpy with torch: importing torch without numpy warns "Failed to initialize NumPy".
+  .venv/bin/python -m pip install -q ${AGRIFM_TORCH_INDEX:+--index-url "$AGRIFM_TORCH_INDEX"} "$TORCH_SPEC" "numpy>=1.26"
 fi
 # Pin whatever torch is installed, so extras (lightning, torchmetrics) never replace it.
 echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')" > .venv/constraints.txt

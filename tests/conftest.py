@@ -1,4 +1,8 @@
-"""Shared test helpers: where ../shared lives, and skipping cleanly when it is absent."""
+"""Shared test helpers: where the data lives, and skipping cleanly when ../shared is absent.
+
+The demo data set (``data/mato_grosso_modis``) ships with the repository, so tests that need
+only it always run; the other real data sets and the published-model fixtures live in
+``../shared`` beside the checkout, and tests that need them skip when it is absent."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 FIXTURES = SHARED / "fixtures"
+DEMO_DATA = ROOT / "data"  # holds mato_grosso_modis/, shipped with the repository
 
 
 def need(path: Path) -> Path:
@@ -32,6 +37,12 @@ def benchmark(name: str):
 @pytest.fixture
 def data_dir() -> Path:
     return need(DATA)
+
+
+@pytest.fixture
+def demo_data_dir() -> Path:
+    """The repository's data folder (``mato_grosso_modis/``); never skipped."""
+    return DEMO_DATA
 
 
 @pytest.fixture

@@ -113,12 +113,12 @@ def _mato_grosso(csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 @pytest.fixture
-def mato_grosso_split(data_dir: Path) -> tuple[np.ndarray, ...]:
+def mato_grosso_split(demo_data_dir: Path) -> tuple[np.ndarray, ...]:
     from sklearn.model_selection import train_test_split
 
     from conftest import need
 
-    x, y, names = _mato_grosso(need(data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"))
+    x, y, names = _mato_grosso(need(demo_data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"))
     assert x.shape == (1327, 23, 6) and len(names) == 9
     return tuple(train_test_split(x, y, test_size=0.25, random_state=0, stratify=y))
 

@@ -52,8 +52,8 @@ def test_band_without_valid_values_and_band_mismatch_are_errors() -> None:
         r.result(["RED", "NIR"])
 
 
-def test_table_stats(data_dir: Path) -> None:
-    table = read_table(need(data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"))
+def test_table_stats(demo_data_dir: Path) -> None:
+    table = read_table(need(demo_data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv"))
     s = band_stats(table, bands=["NDVI", "EVI"])
     v = table.values.astype(np.float64)
     np.testing.assert_allclose(s.mean, np.nanmean(v[..., [5, 4]], axis=(0, 1)), rtol=1e-10)

@@ -21,8 +21,8 @@ BANDS = ("MIR", "BLUE", "NIR", "RED", "EVI", "NDVI")
 
 
 @pytest.fixture
-def csv(data_dir: Path) -> Path:
-    return need(data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+def csv(demo_data_dir: Path) -> Path:
+    return need(demo_data_dir / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
 
 
 @pytest.fixture

@@ -9,23 +9,60 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, benchmark, need
+from conftest import DATA, DEMO_DATA, ROOT, benchmark, need
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
-    need(DATA / "mato_grosso_modis")
-    from agrifm.demo import run_demo
+def demo_run(tmp_path_factory):
+    """``agrifm demo`` (1 epoch) as a user runs it, its output going to a log (not a terminal)."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    r = subprocess.run([sys.executable, "-m", "agrifm.cli", "demo", "--out", str(out), "--epochs", "1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads((out / "metrics.json").read_text()), r.stdout + r.stderr
 
-    out = tmp_path_factory.mktemp("demo")
-    metrics = run_demo(DATA, out, epochs=1, progress=False)
-    return out, metrics
+
+@pytest.fixture(scope="module")
+def demo_out(demo_run):
+    return demo_run[:2]
+
+
+def test_demo_log_has_progress_lines_not_bars(demo_run):
+    log = demo_run[2]
+    assert "\r" not in log and len(log) < 20_000
+    assert "train epoch 1/1: train_loss" in log and "val_oa" in log  # the hold-out is scored at the last epoch
+    assert "predict: 12/12 win (100 %)" in log  # the map's progress counts windows, not one block
+    assert "Sinop points" in log and "Traceback" not in log
+
+
+def test_demo_finds_the_data_shipped_with_the_repository():
+    from agrifm.demo import REPO_DATA, find_data
+
+    assert find_data(None) == REPO_DATA.resolve() == (ROOT / "data").resolve()
+    assert (REPO_DATA / "mato_grosso_modis" / "COPYING").is_file()
+    readme = (REPO_DATA / "mato_grosso_modis" / "README.md").read_text()
+    assert "GPL-2" in readme and "772e0dda670d" in readme and "811fa6ce5c46" in readme
+
+
+def test_demo_data_matches_its_checksums():
+    import hashlib
+
+    root = DEMO_DATA / "mato_grosso_modis"
+    lines = (root / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 49  # 2 sample tables + 46 cube files + timeline
+    for line in lines:
+        digest, name = line.split(maxsplit=1)
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_demo_leaves_the_promised_outputs(demo_out):
     out, metrics = demo_out
-    for name in ("model.safetensors", "metrics.json", "crop_map.tif", "crop_map.png"):
+    for name in ("model.safetensors", "metrics.json", "crop_map.tif", "crop_map.png", "confusion_matrix.png",
+                 "training_curves.png", "training_history.csv", "crop_map.tif.aux.xml"):
         assert (out / name).is_file(), name
+    for name in ("crop_map.png", "confusion_matrix.png", "training_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not list(out.glob(".history*")) and not list(out.glob(".*.tif"))  # no temporary leftovers
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("oa", "mf1", "kappa", "per_class_f1", "points_agreement"):
         assert key in saved
@@ -52,11 +89,49 @@ def test_demo_map_is_a_valid_cog_on_the_cube_grid(demo_out):
     out = demo_out[0]
     valid, errors, _ = cog_validate(str(out / "crop_map.tif"))
     assert valid, errors
-    cube = sorted((DATA / "mato_grosso_modis" / "sinop_cube").glob("*.tif"))[0]
+    cube = sorted((DEMO_DATA / "mato_grosso_modis" / "sinop_cube").glob("*.tif"))[0]
     with rasterio.open(out / "crop_map.tif") as m, rasterio.open(cube) as c:
         assert m.crs == c.crs and m.transform == c.transform and (m.width, m.height) == (c.width, c.height)
         arr = m.read(1)
         assert m.nodata == 255 and arr.max() < 9
+
+
+def test_demo_map_names_its_classes_and_says_how_it_was_made(demo_out):
+    import rasterio
+
+    from agrifm.checkpoint import file_sha256
+    from agrifm.predict.cog import read_categories
+
+    out, metrics = demo_out
+    assert read_categories(out / "crop_map.tif") == metrics["classes"] and len(metrics["classes"]) == 9
+    with rasterio.open(out / "crop_map.tif") as m:
+        tags = m.tags()
+    assert tags["CHECKPOINT"] == str(out / "model.safetensors")
+    assert tags["CHECKPOINT_SHA256"] == file_sha256(out / "model.safetensors")
+    assert json.loads(tags["SOURCES"])["MOD13Q1"]["path"].endswith("sinop_cube")
+    assert len(json.loads(tags["DATES"])["MOD13Q1"]) == 23 and json.loads(tags["CLASS_NAMES"]) == metrics["classes"]
+
+
+def test_demo_training_history_has_losses_and_validation(demo_out):
+    import csv
+
+    rows = list(csv.DictReader((demo_out[0] / "training_history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1"]  # epochs=1
+    keys = set(rows[0])
+    assert {"train_loss (member 1)", "val_oa (member 1)", "val_mf1 (member 2)"} <= keys
+
+
+def test_demo_refuses_a_folder_with_a_previous_run(demo_out, tmp_path):
+    from agrifm.demo import run_demo
+    from agrifm.errors import AgrifmError
+
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(AgrifmError, match="previous run.*--overwrite"):
+        run_demo(DEMO_DATA, tmp_path, epochs=1, progress=False)
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+    r = subprocess.run([sys.executable, "-m", "agrifm.cli", "demo", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.startswith("agrifm demo: error: --out") and "Traceback" not in r.stderr
 
 
 def test_predict_cli_reproduces_the_demo_map(demo_out, tmp_path):
@@ -65,7 +140,7 @@ def test_predict_cli_reproduces_the_demo_map(demo_out, tmp_path):
     out = demo_out[0]
     target = tmp_path / "again.tif"
     r = subprocess.run([sys.executable, "-m", "agrifm.cli", "predict", "--checkpoint", str(out / "model.safetensors"),
-                        "--source", f"MOD13Q1={DATA / 'mato_grosso_modis' / 'sinop_cube'}", "--out", str(target),
+                        "--source", f"MOD13Q1={DEMO_DATA / 'mato_grosso_modis' / 'sinop_cube'}", "--out", str(target),
                         "--no-progress"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     with rasterio.open(out / "crop_map.tif") as a, rasterio.open(target) as b:
@@ -83,7 +158,7 @@ def test_demo_without_data_says_where_to_get_it(tmp_path, capsys):
 def test_accuracy_benchmark_json_contract(tmp_path):
     import pandas as pd
 
-    csv = need(DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+    csv = need(DEMO_DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
     df = pd.read_csv(csv)
     keep = df["sample_id"].drop_duplicates().sample(240, random_state=0)
     small = df[df["sample_id"].isin(keep)].drop(columns=["longitude", "latitude"])

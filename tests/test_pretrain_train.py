@@ -184,6 +184,7 @@ def test_pretrain_end_to_end_outputs_load(shards: Path, tiny_yaml: Path, tmp_pat
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,loss,val_loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert rows[2].split(",")[2] and rows[3].split(",")[2]  # validated at step 2 and on the final weights
+    assert (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["samples"] == 12 and summary["skipped"]["short"] > 0  # 2015 has 11 dates: skipped, counted
 

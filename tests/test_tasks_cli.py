@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from agrifm.checkpoint import load_model, read_metadata
 from agrifm.cli import main as agrifm
 from agrifm.tasks.cli import AgriFMCLI, default_trainer_settings
-from conftest import DATA, ROOT, need
+from conftest import DATA, DEMO_DATA, ROOT, need
 from test_tasks_datamodules import S2_9, aggregate_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +44,7 @@ def _fit_and_test(config: Path, run: Path, *extra: str, steps: int = 2) -> dict:
     assert agrifm(_args("fit", config, run, "--trainer.max_steps", str(steps), *extra)) == 0
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "model.safetensors").is_file()
     assert agrifm(_args("test", config, run, *extra)) == 0
-    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png"):
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
         assert (run / "test" / name).is_file(), name
     return json.loads((run / "test" / "metrics.json").read_text())
 
@@ -75,10 +75,10 @@ def test_pastis_boundary_from_instances(tmp_path):
 
 
 def test_sinop_points_sparse_labels(tmp_path):
-    cube = need(DATA / "mato_grosso_modis" / "sinop_cube")
+    cube = need(DEMO_DATA / "mato_grosso_modis" / "sinop_cube")
     metrics = _fit_and_test(CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
                             json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
-                            str(DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
+                            str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
                             "--data.init_args.frames", "4")
     assert 1 <= metrics["n"] <= 8  # only the labelled points of the test chips are evaluated
     assert read_metadata(tmp_path / "model.safetensors").sources["MOD13Q1"].bands == ("NDVI", "EVI")
@@ -155,9 +155,9 @@ def test_missing_checkpoint_is_named(tmp_path):
 
 
 def test_class_order_must_match_the_data(tmp_path):
-    cube = need(DATA / "mato_grosso_modis" / "sinop_cube")
+    cube = need(DEMO_DATA / "mato_grosso_modis" / "sinop_cube")
     with pytest.raises(ValueError, match=r"data's classes \['Cerrado', 'Forest'.* differ from the model's"):
         agrifm(_args("fit", CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
                      json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
-                     str(DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
+                     str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
                      "--model.init_args.class_names", '["Forest", "Cerrado", "Pasture", "Soy_Corn"]'))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agrifm.tasks.datamodules import ChipDataModule, H5DataModule, TableDataModule, source_from_spec, spatial_split
-from conftest import DATA, need
+from conftest import DATA, DEMO_DATA, need
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +80,7 @@ def test_h5_two_sources_with_computed_stats():
 
 
 def test_table_split_grouped_by_location():
-    path = need(DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+    path = need(DEMO_DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
     dm = TableDataModule(str(path), "MOD13Q1", val_fraction=0.2, batch_size=8, drop_frames=0.2)
     tr, va = dm.parts["train"], dm.parts["val"]
     assert len(tr) + len(va) == 1327 and 0.15 < len(va) / 1327 < 0.25 and not len(dm.parts["test"])
@@ -92,8 +92,8 @@ def test_table_split_grouped_by_location():
 
 
 def test_points_give_sparse_chips_split_spatially():
-    cube = need(DATA / "mato_grosso_modis" / "sinop_cube")
-    dm = ChipDataModule({"MOD13Q1": str(cube)}, points=str(DATA / "mato_grosso_modis/samples/sinop_points.csv"),
+    cube = need(DEMO_DATA / "mato_grosso_modis" / "sinop_cube")
+    dm = ChipDataModule({"MOD13Q1": str(cube)}, points=str(DEMO_DATA / "mato_grosso_modis/samples/sinop_points.csv"),
                         chip_size=16, group_radius=4, split_block=48, val_fraction=0.25, frames=4)
     assert dm.class_names == ["Cerrado", "Forest", "Pasture", "Soy_Corn"]
     ids = {s: {i for c in dm.chips[s] for i in c.name.split(":")[1].split(",")} for s in ("train", "val")}

@@ -22,9 +22,9 @@ CLASSES = ["Cerrado", "Forest", "Pasture", "Soy_Corn"]
 
 
 @pytest.fixture
-def sinop(data_dir: Path):
-    stack = open_stack(data_dir / "mato_grosso_modis" / "sinop_cube", bands=["NDVI", "EVI"])
-    points = read_points(data_dir / "mato_grosso_modis" / "samples" / "sinop_points.csv")
+def sinop(demo_data_dir: Path):
+    stack = open_stack(demo_data_dir / "mato_grosso_modis" / "sinop_cube", bands=["NDVI", "EVI"])
+    points = read_points(demo_data_dir / "mato_grosso_modis" / "samples" / "sinop_points.csv")
     return stack, points
 
 

@@ -17,8 +17,8 @@ S2_AGRIFM = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12
 
 
 @pytest.fixture
-def sinop(data_dir: Path) -> Path:
-    return data_dir / "mato_grosso_modis" / "sinop_cube"
+def sinop(demo_data_dir: Path) -> Path:
+    return demo_data_dir / "mato_grosso_modis" / "sinop_cube"
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_read_bounds_pairs_a_coarse_copy(belgium: Path, tmp_path: Path) -> None:
     assert (down.valid == np.isfinite(agg).all(axis=1)).all() and not down.valid.all()
 
 
-def test_read_bounds_reprojects(belgium: Path, data_dir: Path) -> None:
+def test_read_bounds_reprojects(belgium: Path, sinop: Path) -> None:
     s2 = open_stack(belgium / "inference_area_50x48", bands=["B04"])
     native = s2.read(Window(10, 10, 30, 30))
     utm = window_bounds(Window(10, 10, 30, 30), s2.transform)
@@ -160,7 +160,7 @@ def test_read_bounds_reprojects(belgium: Path, data_dir: Path) -> None:
     frame = 10  # a clear month
     assert warped.valid[frame].mean() > 0.95
     assert abs(np.nanmean(warped.data[frame]) / np.nanmean(native.data[frame]) - 1) < 0.03
-    modis = open_stack(data_dir / "mato_grosso_modis" / "sinop_cube")
+    modis = open_stack(sinop)
     with pytest.raises(ValueError, match="'modis'.*does not overlap"):
         paired_windows(s2, Window(0, 0, 10, 10), {"modis": modis})
 

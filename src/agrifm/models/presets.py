@@ -9,7 +9,7 @@ from agrifm.models.config import ModelConfig
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The release's configs/cropland_mapping.py (196 M parameters, ~2.97 TFLOP per 32x256x256 sample).
+    # The release's configs/cropland_mapping.py (196 M parameters, 2.94 TFLOP per 32x256x256 sample).
     "published": dict(feature_size=(16, 16), out_size=(256, 256)),
     # Same backbone, decoder independent of the number of frames (early-season capable).
     "base-vt": dict(feature_fusion="mean", decoder_dim=256),

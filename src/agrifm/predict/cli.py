@@ -64,10 +64,12 @@ def parse_band_maps(items: Sequence[str]) -> dict[str, dict[str, str]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agrifm predict", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="fine-tuned agrifm checkpoint")
+    p.add_argument("--checkpoint", help="agrifm model (.safetensors written by agrifm fit, demo or convert); "
+                                        "required unless --assemble")
     p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
                    help="a source stack (folder, file, or glob pattern of GeoTIFFs); repeat for each source")
-    p.add_argument("--out", required=True, help="output class map (.tif); sidecars are named after it")
+    p.add_argument("--out", required=True, help="output class map (.tif; its folder is created); sidecars are named after it "
+                                                "(MAP.tif.aux.xml class names, MAP.png quicklook)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write MAP_probs.tif (K bands, value/254) and MAP_confidence.tif (percent)")
     p.add_argument("--window", type=int, default=256, help="model window in output pixels (default 256)")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output bounds in the output CRS (default: finest source)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--block-dir", help="folder for finished blocks (resume, several ranks)")
-    p.add_argument("--block-size", type=int, default=2048, help="block side in pixels (memory bound)")
+    p.add_argument("--block-size", type=int, default=2048, help="block side in pixels (memory bound; default 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-quicklook", action="store_true", help="skip the MAP.png quicklook")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from agrifm.predict import engine
 
     if args.assemble:
         if not args.block_dir:
             raise ValueError("--assemble needs --block-dir")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
         paths = engine.assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
@@ -107,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     sources = parse_sources(args.source)
     band_map = parse_band_maps(args.band_map)
     predictor = checkpoint.load_predictor(args.checkpoint, device=args.device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
     provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     result = engine.predict_scene(
         predictor, sources, args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,

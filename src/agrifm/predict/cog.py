@@ -5,6 +5,11 @@ A :class:`CogWriter` streams windows into a tiled temporary GTiff in the destina
 tiles, nearest/average overviews) to a second temporary file, and only :meth:`commit`
 renames that onto the final path. An error before the commit removes every temporary file,
 so a path that exists is always a complete product.
+
+A class map also gets GDAL category names and a raster attribute table (value, class name,
+colour). A COG cannot hold them, so they go where GDAL keeps such metadata for any GeoTIFF:
+the ``MAP.tif.aux.xml`` sidecar (GDAL's PAM file, read by ``gdalinfo``, QGIS and rasterio).
+It is written atomically just before the map itself is published.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from xml.sax.saxutils import escape
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -20,7 +26,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["NODATA", "PROB_SCALE", "CogWriter", "class_map_meta", "encode_layers", "layer_meta", "write_cog",
-           "tag_value"]
+           "tag_value", "aux_xml_path", "categories_aux_xml", "read_categories"]
 
 NODATA = 255
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
@@ -45,7 +51,9 @@ class CogWriter:
     """Write a raster block by block, then publish it as a COG with :meth:`finish` + :meth:`commit`.
 
     ``colormap`` maps values to RGB(A) (band 1 only); ``descriptions``/``scales`` are per band;
-    ``tags`` are dataset tags (non-strings JSON-encoded).
+    ``tags`` are dataset tags (non-strings JSON-encoded); ``categories`` (class name per value
+    0, 1, ...) are written with the colours as GDAL category names + attribute table in the
+    ``.aux.xml`` sidecar.
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class CogWriter:
         scales: Sequence[float] | None = None,
         tags: Mapping[str, Any] | None = None,
         resampling: str = "nearest",
+        categories: Sequence[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.resampling = resampling
@@ -74,6 +83,7 @@ class CogWriter:
         )
         self._colormap, self._descriptions, self._scales = colormap, descriptions, scales
         self._tags = {k: tag_value(v) for k, v in (tags or {}).items()}
+        self._categories = list(categories) if categories is not None else None
         self._gtiff: Path | None = None
         self._cog: Path | None = None
         self._ds: Any = None
@@ -123,6 +133,13 @@ class CogWriter:
         """Atomically move the finished COG onto the final path."""
         if self._cog is None:
             raise RuntimeError(f"{self.path}: commit() before finish()")
+        aux = aux_xml_path(self.path)
+        if self._categories is not None:
+            from agrifm.io import write_text_atomic
+
+            write_text_atomic(aux, categories_aux_xml(self._categories, self._colormap or {}))
+        else:
+            aux.unlink(missing_ok=True)  # a replaced class map's names would now lie
         os.replace(self._cog, self.path)
         self._cog = None
         return self.path
@@ -143,7 +160,53 @@ def class_map_meta(class_names: Sequence[str], class_colors: Sequence[Sequence[i
         raise ValueError(f"{len(class_names)} classes do not fit a uint8 map with nodata {NODATA}")
     cmap = {i: (*map(int, c[:3]), 255) for i, c in enumerate(class_colors)}
     cmap[NODATA] = (0, 0, 0, 0)
-    return dict(colormap=cmap, descriptions=["class"], tags={"CLASS_NAMES": list(class_names)})
+    return dict(colormap=cmap, descriptions=["class"], tags={"CLASS_NAMES": list(class_names)},
+                categories=list(class_names))
+
+
+def aux_xml_path(path: str | os.PathLike[str]) -> Path:
+    """GDAL's PAM sidecar of a raster: ``MAP.tif`` -> ``MAP.tif.aux.xml``."""
+    p = Path(path)
+    return p.with_name(p.name + ".aux.xml")
+
+
+# GDAL enums: field types (GFT_*) and usages (GFU_*) of a raster attribute table.
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7, 8, 9
+
+
+def categories_aux_xml(class_names: Sequence[str], colormap: Mapping[int, Sequence[int]]) -> str:
+    """A PAM ``.aux.xml`` for band 1: category names and a thematic attribute table.
+
+    The table has one row per class value: ``Value``, ``Class``, ``Red``, ``Green``, ``Blue``,
+    ``Alpha`` (colours from ``colormap``, grey where it has none).
+    """
+    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME),
+              ("Red", _GFT_INTEGER, _GFU_RED), ("Green", _GFT_INTEGER, _GFU_GREEN),
+              ("Blue", _GFT_INTEGER, _GFU_BLUE), ("Alpha", _GFT_INTEGER, _GFU_ALPHA)]
+    lines = ['<PAMDataset>', '  <PAMRasterBand band="1">', '    <CategoryNames>']
+    lines += [f"      <Category>{escape(str(n))}</Category>" for n in class_names]
+    lines += ['    </CategoryNames>', '    <GDALRasterAttributeTable tableType="thematic">']
+    lines += [f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+              for i, (n, t, u) in enumerate(fields)]
+    for value, name in enumerate(class_names):
+        rgba = [*map(int, colormap.get(value, (128, 128, 128))[:3]), 255]
+        cells = [str(value), escape(str(name)), *map(str, rgba)]
+        lines.append(f'      <Row index="{value}">' + "".join(f"<F>{c}</F>" for c in cells) + "</Row>")
+    lines += ['    </GDALRasterAttributeTable>', '  </PAMRasterBand>', '</PAMDataset>', '']
+    return "\n".join(lines)
+
+
+def read_categories(path: str | os.PathLike[str]) -> list[str]:
+    """GDAL category names of band 1 (from the ``.aux.xml`` sidecar); empty when there are none."""
+    import xml.etree.ElementTree as ET
+
+    aux = aux_xml_path(path)
+    if not aux.is_file():
+        return []
+    band = ET.parse(aux).getroot().find("PAMRasterBand[@band='1']")
+    names = band.find("CategoryNames") if band is not None else None
+    return [c.text or "" for c in names.findall("Category")] if names is not None else []
 
 
 def write_cog(path: str | os.PathLike[str], array: np.ndarray, **meta: Any) -> Path:

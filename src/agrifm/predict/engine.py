@@ -542,12 +542,12 @@ def _run_blocks(predictor: Predictor, readers: Sequence[_Reader], tg: TileGrid, 
 
     Reads for the next batch run in a worker thread while the model runs on this one.
     """
-    from tqdm.auto import tqdm
+    from agrifm.progress import progress_bar
 
     weights = blend_weights(tg.window, tg.overlap)
     total = sum(len(tg.tiles(b)) for b in blocks)
     acc: Accumulator | None = None
-    with tqdm(total=total, unit="win", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total, "predict", "win", enabled=progress) as bar:
         for job, inputs, valid in _prefetch(_load(readers, j) for j in _jobs(tg, blocks, batch_size)):
             acc = acc or Accumulator(tg.footprint(job.block), len(predictor.class_names), weights)
             probs = _predict(predictor, inputs, valid, window=tg.window, device=device, point_batch=point_batch)

@@ -68,6 +68,38 @@ def _legend(arr: np.ndarray, names: Sequence[str], colors: Sequence[Sequence[int
     return handles
 
 
+def _draw_points(ax, points: Sequence[tuple[int, int, bool]], scale: float) -> list:
+    """Reference points on the map (white: the map agrees, red: it does not); legend handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for agree, colour, label in ((True, "white", "point, map agrees"), (False, "red", "point, map disagrees")):
+        sel = [(r, c) for r, c, a in points if bool(a) == agree]
+        if sel:
+            rows, cols = np.asarray(sel, dtype=float).T
+            ax.scatter((cols + 0.5) * scale - 0.5, (rows + 0.5) * scale - 0.5, s=28, c=colour, edgecolors="black",
+                       linewidths=0.8, marker="o" if agree else "X", zorder=3)
+            handles.append(Line2D([], [], marker="o" if agree else "X", linestyle="", markerfacecolor=colour,
+                                  markeredgecolor="black", label=f"{label} ({len(sel)})"))
+    return handles
+
+
+def _scale_bar(ax, info: dict, scale: float) -> None:
+    """A scale bar (1-2-5 x 10^n m or km, about a fifth of the width) on projected maps in metres."""
+    crs = info["crs"]
+    if crs is None or not crs.is_projected or crs.linear_units not in ("metre", "meter"):
+        return
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    px_m = info["res"][0] / scale  # metres per drawn pixel
+    target = info["size"][0] * info["res"][0] / 5
+    length = max(v * 10 ** e for e in range(0, 8) for v in (1, 2, 5) if v * 10 ** e <= target) if target >= 1 else 1
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    ax.add_artist(AnchoredSizeBar(ax.transData, length / px_m, label, "lower left", pad=0.4, color="black",
+                                  frameon=True, size_vertical=0.012 * info["size"][1] * scale,
+                                  fontproperties={"size": 8}))
+
+
 def write_quicklook(
     map_path: str | os.PathLike[str],
     png_path: str | os.PathLike[str] | None = None,
@@ -77,11 +109,14 @@ def write_quicklook(
     title: str | None = None,
     subtitle: str | None = None,
     max_size: int = 1024,
+    points: Sequence[tuple[int, int, bool]] | None = None,
 ) -> Path:
     """Render ``map_path`` (uint8 classes, 255 nodata) to ``png_path`` (default ``<MAP>.png``).
 
-    Names and colours default to the map's ``CLASS_NAMES`` tag and colour table. Written to
-    a temporary file in the destination folder, then renamed.
+    Names and colours default to the map's ``CLASS_NAMES`` tag and colour table. ``points``
+    (full-resolution ``row, col, agrees``) are drawn as reference points, white when the map
+    agrees, red when not. Projected maps get a scale bar. Written to a temporary file in the
+    destination folder, then renamed.
     """
     import matplotlib
 
@@ -105,6 +140,10 @@ def write_quicklook(
     fig_w, fig_h = side * w / max(h, w), side * h / max(h, w)
     fig, ax = plt.subplots(figsize=(fig_w + 3.2, max(fig_h, 2.5) + 0.9), dpi=150)
     ax.imshow(rgb, interpolation="nearest")
+    handles = _legend(arr, names, colors)
+    if points:
+        handles += _draw_points(ax, points, h / info["size"][1])
+    _scale_bar(ax, info, w / info["size"][0])
     ax.set_xticks([])
     ax.set_yticks([])
     for s in ax.spines.values():
@@ -113,7 +152,7 @@ def write_quicklook(
     if subtitle:
         ax.text(0, 1.012, subtitle, transform=ax.transAxes, fontsize=8, color="0.35", va="bottom")
     ax.set_xlabel(_geometry(info), fontsize=8, color="0.35")
-    ax.legend(handles=_legend(arr, names, colors), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
               frameon=False, fontsize=8, handlelength=1.2, handleheight=1.2, borderaxespad=0.0)
     fig.tight_layout()
     try:

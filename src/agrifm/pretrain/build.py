@@ -152,9 +152,9 @@ def build_pretrain_shards(
     """Build the shards (see the module docstring); returns the summary that is printed."""
     import rasterio
     from rasterio.windows import Window
-    from tqdm import tqdm
 
     from agrifm.data.stack import open_stack
+    from agrifm.progress import progress_bar
 
     masks, bands = masks or {}, bands or {}
     for name in [*sources, *masks, *bands]:
@@ -205,7 +205,7 @@ def build_pretrain_shards(
             for n, st in stacks.items()
         }
         total = sum(len(r) * len(c) for r, c in plan.values())
-        bar = tqdm(total=total, unit="chip", disable=None if progress is None else not progress, file=sys.stderr)
+        bar = progress_bar(total, "pretrain-data", "chip", enabled=progress is not False)  # lines in a log
         for n, st in stacks.items():
             chip, cell, step = sizes[n]
             rows, cols = plan[n]

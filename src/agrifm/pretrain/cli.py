@@ -337,14 +337,17 @@ def _trainer(a: argparse.Namespace, out: Path, callbacks: list[Any], *, multi_so
 
     devices, nodes = cluster_layout(a.devices, a.num_nodes)
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=a.ckpt_every)
+    from agrifm.progress import lightning_progress  # a bar on a terminal, a line per 10 % of the steps in a log
+
+    bar, lines = lightning_progress(not a.quiet, "pretrain", by="step")
     return L.Trainer(
         accelerator="auto", devices=devices, num_nodes=nodes,
         strategy=_strategy(a.strategy, _processes(devices, nodes), multi_source), precision=a.precision,
         max_steps=a.max_steps, accumulate_grad_batches=a.accumulate,
         val_check_interval=a.val_every * a.accumulate if validate else None, check_val_every_n_epoch=None,
         limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, logger=False,
-        callbacks=[*callbacks, checkpoints] + ([] if a.quiet else [_progress_bar()]),
-        enable_progress_bar=not a.quiet, enable_model_summary=False, use_distributed_sampler=False,
+        callbacks=[*callbacks, checkpoints] + ([_progress_bar()] if bar else lines),
+        enable_progress_bar=bar, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(out),
     )
 
@@ -408,6 +411,10 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     export_outputs(task.model, out, sources, class_names, a.frames, extra)
     if rank_world()[0] == 0:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=1), fsync=True)
+        if (out / "metrics.csv").is_file():  # loss curves beside metrics.csv
+            from agrifm.tasks.plots import curves_from_csv
+
+            curves_from_csv(out / "metrics.csv", out / "loss_curves.png", title=f"agrifm pretrain: {out.name}", x="step")
     return summary
 
 

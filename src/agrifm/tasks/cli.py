@@ -44,7 +44,11 @@ def default_trainer_settings() -> dict[str, Any]:
     """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32."""
     gpu = torch.cuda.is_available()
     precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
-    return {"precision": precision, "default_root_dir": "runs/agrifm", "log_every_n_steps": 10}
+    from agrifm.progress import lightning_progress  # a bar on a terminal, a line per epoch in a log file
+
+    bar, lines = lightning_progress(True, "fit")
+    return {"precision": precision, "default_root_dir": "runs/agrifm", "log_every_n_steps": 10,
+            "enable_progress_bar": bar, **({"callbacks": lines} if lines else {})}
 
 
 def load_weights(task: AgriFMTask, path: Path) -> None:
@@ -173,6 +177,9 @@ class AgriFMCLI(LightningCLI):
                  "sources": ", ".join(task.sources_meta), "data": type(self.datamodule).__name__, **scores}
         paths = write_report(metrics, self.run_dir / stage, title=f"AgriFM {stage}: {self.run_dir.name}",
                              class_names=task.class_names, extra=extra)
+        from agrifm.tasks.plots import training_curves_from_run  # loss + validation metrics of the fit, if any
+
+        training_curves_from_run(self.run_dir, self.run_dir / stage / "training_curves.png", title=f"AgriFM fit: {self.run_dir.name}")
         rank_zero_info(f"{stage} report: {paths['report.md']}")
 
 

@@ -64,6 +64,7 @@ class PointFitConfig:
     workers: int | None = None
     seed: int = 0
     progress: bool = True
+    history_dir: str | None = None  # each member writes history_seed<seed>.csv (per-epoch loss, val metrics) here
     # One intra-op thread: this model's matrices are tiny, and on a busy machine two OpenMP
     # threads wait on each other (measured here: 33 ms vs 2.1 s per step under load).
     num_threads: int | None = 1
@@ -217,12 +218,18 @@ def _fit_one(table: SeriesTable, train_index: np.ndarray, source: Source, cfg: P
     train = _loader(table, source, train_index, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
                     truncate=_Truncate(cfg.random_truncation, cfg.min_fraction, cfg.seed), drop_frames=cfg.frame_dropout)
     val = _loader(table, source, val_index, train=False, batch_size=256, seed=cfg.seed) if val_index is not None else None
+    from agrifm.progress import lightning_progress
+    from agrifm.tasks.plots import History
+
+    bar, lines = lightning_progress(cfg.progress, "train")
+    if cfg.history_dir:
+        lines.append(History(os.path.join(cfg.history_dir, f"history_seed{cfg.seed}.csv")))
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=cfg.progress, enable_model_summary=False, deterministic=False,
+        enable_progress_bar=bar, enable_model_summary=False, deterministic=False,
         num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4), default_root_dir=default_root_dir,
         precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
-        callbacks=_callbacks(cfg),
+        callbacks=_callbacks(cfg) + lines,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
