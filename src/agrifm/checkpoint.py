@@ -21,6 +21,7 @@ from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
 from agrifm.models.ensemble import Ensemble
 from agrifm.sensors import Source, get_source
+from agrifm.errors import InputError
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_colors", "CheckpointMeta",
            "load_predictor", "ModelPredictor"]
@@ -54,16 +55,16 @@ class CheckpointMeta:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r}: expected one of {TASKS}")
+            raise InputError(f"task {self.task!r}: expected one of {TASKS}")
         if not isinstance(self.members, int) or self.members < 1:
-            raise ValueError(f"members {self.members!r}: expected a positive whole number")
+            raise InputError(f"members {self.members!r}: expected a positive whole number")
         if not self.class_colors:
             self.class_colors = default_colors(len(self.class_names))
         for name, n in self.model.sources.items():
             if name not in self.sources:
-                raise ValueError(f"model source {name!r} has no source description (bands, normalisation)")
+                raise InputError(f"model source {name!r} has no source description (bands, normalisation)")
             if self.sources[name].num_bands != n:
-                raise ValueError(f"source {name!r}: model takes {n} bands, description lists {self.sources[name].bands}")
+                raise InputError(f"source {name!r}: model takes {n} bands, description lists {self.sources[name].bands}")
 
     def to_json(self) -> str:
         return json.dumps({
@@ -77,7 +78,7 @@ class CheckpointMeta:
     def from_json(cls, text: str, where: str = "checkpoint") -> "CheckpointMeta":
         d = json.loads(text)
         if d.get("format") != FORMAT:
-            raise ValueError(f"{where}: not an agrifm checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+            raise InputError(f"{where}: not an agrifm checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
         return cls(
             task=d["task"], model=ModelConfig.from_dict(d["model"]),
             sources={k: Source.from_dict(v) for k, v in d["sources"].items()},
@@ -104,7 +105,7 @@ def save_model(
         model = model.members[0]  # one member is a plain model, stored as one
     members = len(model) if isinstance(model, Ensemble) else 1
     if members > 1 and task not in ENSEMBLE_TASKS:
-        raise ValueError(f"an ensemble checkpoint needs a task whose output is class probabilities {ENSEMBLE_TASKS}, not {task!r}")
+        raise InputError(f"an ensemble checkpoint needs a task whose output is class probabilities {ENSEMBLE_TASKS}, not {task!r}")
     sources = dict(sources or {name: get_source(name) for name in model.config.sources})
     meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames,
                           dict(extra or {}), members)
@@ -124,9 +125,9 @@ def read_metadata(path: str | Path) -> CheckpointMeta:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable .safetensors file ({exc})") from None
+        raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
     if "agrifm" not in meta:
-        raise ValueError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
+        raise InputError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
     return CheckpointMeta.from_json(meta["agrifm"], str(path))
 
 
@@ -140,7 +141,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM |
     state = load_file(str(path))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "
+        raise InputError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]})")
     model.meta = meta
     return model.to(device).eval()
@@ -160,7 +161,7 @@ class ModelPredictor:
     def __init__(self, model: AgriFM | Ensemble, device: str | torch.device = "cpu", precision: str = "auto") -> None:
         meta: CheckpointMeta = model.meta
         if meta.task == "pretrain":
-            raise ValueError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")
+            raise InputError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.sources = meta.sources
@@ -187,7 +188,7 @@ class ModelPredictor:
             dates = {k: (d if d.ndim == 2 else d[None].expand(inputs[k].shape[0], -1)).to(self.device)
                      for k, d in dates.items() if k in inputs}
         elif self.uses_dates:
-            raise ValueError("this checkpoint encodes acquisition dates: pass dates={source: days since 1970-01-01}")
+            raise InputError("this checkpoint encodes acquisition dates: pass dates={source: days since 1970-01-01}")
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(inputs, dates)
         logits = logits.float()

@@ -12,6 +12,7 @@ import ast
 import operator
 from pathlib import Path
 from typing import Any
+from agrifm.errors import AgrifmError
 
 __all__ = ["load_official_config", "parse_official_config", "ConfigSyntaxError"]
 
@@ -22,7 +23,7 @@ _BINOPS = {
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
-class ConfigSyntaxError(ValueError):
+class ConfigSyntaxError(AgrifmError, ValueError):
     """A construct the safe config reader does not evaluate."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from agrifm.data.timeseries import as_dates
 from agrifm.io import atomic_output
+from agrifm.errors import AgrifmError
 
 __all__ = [
     "H5SampleError",
@@ -39,7 +40,7 @@ SplitLike = Union[str, os.PathLike, Sequence[str], None]
 LABEL_KEY = "label"
 
 
-class H5SampleError(ValueError):
+class H5SampleError(AgrifmError, ValueError):
     """A sample file that cannot be read as asked (names the file and the key)."""
 
 

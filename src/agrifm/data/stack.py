@@ -32,6 +32,7 @@ from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from agrifm.errors import InputError
 
 __all__ = ["StackArray", "Stack", "open_stack", "date_from_name", "PathLike", "ResamplingName"]
 
@@ -139,7 +140,7 @@ def _probe(path: Path) -> _Raster:
                 width=src.width, height=src.height,
             )
     except rasterio.errors.RasterioError as e:
-        raise ValueError(f"cannot read raster {path}: {e}") from e
+        raise InputError(f"cannot read raster {path}: {e}") from e
 
 
 def _same_grid(a: _Raster, b: _Raster) -> bool:
@@ -153,7 +154,7 @@ def _check_grid(rasters: Sequence[_Raster], what: str = "stack") -> _Raster:
     first = rasters[0]
     for r in rasters[1:]:
         if not _same_grid(first, r):
-            raise ValueError(
+            raise InputError(
                 f"{what}: {r.path} and {first.path} are on different grids: "
                 f"{r.crs} {r.width}x{r.height} {tuple(r.transform)[:6]} vs "
                 f"{first.crs} {first.width}x{first.height} {tuple(first.transform)[:6]}"
@@ -173,7 +174,7 @@ def _list_rasters(path: PathLike | Sequence[PathLike]) -> list[Path]:
     else:
         paths = [Path(f) for f in path]
         if not paths:
-            raise ValueError("open_stack: empty list of files")
+            raise InputError("open_stack: empty list of files")
     for f in paths:
         if not f.is_file():
             raise FileNotFoundError(f"raster {f} does not exist")
@@ -197,7 +198,7 @@ class _Catalog:
     def add(self, when: np.datetime64, band: str, ref: _Ref) -> None:
         slot = self.entries.setdefault(when, {})
         if band in slot:
-            raise ValueError(
+            raise InputError(
                 f"{self.origin}: band {band!r} at {when} is stored twice: "
                 f"{slot[band][0].path} and {ref[0].path}"
             )
@@ -241,7 +242,7 @@ def _single_band_names(named: list[tuple[_Raster, list[str]]], bands: Sequence[s
         elif toks:
             names.append(toks[-1])
         else:
-            raise ValueError(f"cannot tell the band of {raster.path}: no band name in the file name "
+            raise InputError(f"cannot tell the band of {raster.path}: no band name in the file name "
                              "or description; pass bands=[NAME]")
     return names
 
@@ -252,7 +253,7 @@ def _multi_band_names(r: _Raster, bands: Sequence[str] | None) -> list[str]:
         return list(r.descriptions)  # type: ignore[arg-type]
     if bands is not None and len(bands) == r.count:
         return list(bands)
-    raise ValueError(f"{r.path} has {r.count} bands without descriptions; pass bands= with "
+    raise InputError(f"{r.path} has {r.count} bands without descriptions; pass bands= with "
                      f"{r.count} names in file order")
 
 
@@ -263,7 +264,7 @@ def _series_dates(r: _Raster, dates: Sequence[str] | None) -> np.ndarray | None:
             return None
         parsed = [_parse_timestamp(str(d)) for d in dates]
         if any(p is None for p in parsed):
-            raise ValueError(f"dates= holds a value that is not an ISO date: {list(dates)}")
+            raise InputError(f"dates= holds a value that is not an ISO date: {list(dates)}")
         return np.array(parsed, dtype="datetime64[s]")
     parsed = [_parse_timestamp(d) for d in r.descriptions]
     if all(p is not None for p in parsed):
@@ -310,7 +311,7 @@ def _catalog(paths: list[Path], origin: str, bands: Sequence[str] | None,
             cat.add(when, raster.path.stem, (raster, i))
     cat.dated_bands = list(dict.fromkeys(cat.dated_bands))
     if not cat.entries:
-        raise ValueError(
+        raise InputError(
             f"{origin}: no dated raster found (dates are read from file names like "
             "NAME_2021-03-01.tif / NAME_20210301.tif / NAME_2021-03.tif, or, for files whose bands "
             "are dates, from band descriptions, a dates.txt sidecar or dates=)"
@@ -327,7 +328,7 @@ def _resolve_bands(cat: _Catalog, bands: Sequence[str] | None,
     present = cat.bands()
     if bands is None:
         if len(cat.series) > 1 or (cat.series and cat.dated_bands):
-            raise ValueError(
+            raise InputError(
                 f"{cat.origin} holds several candidate bands: per-date files with "
                 f"{cat.dated_bands} and per-band time-series files {sorted(cat.series)}; "
                 "pass bands= to choose"
@@ -338,7 +339,7 @@ def _resolve_bands(cat: _Catalog, bands: Sequence[str] | None,
         stored = b if b in present else (band_map or {}).get(b, b)
         if stored not in present:
             via = f" (band_map gives {stored!r})" if stored != b else ""
-            raise ValueError(f"band {b!r}{via} not found in {cat.origin}; bands present: {present}")
+            raise InputError(f"band {b!r}{via} not found in {cat.origin}; bands present: {present}")
         out.append((b, stored))
     return out
 
@@ -352,7 +353,7 @@ def _assemble(cat: _Catalog, stored: list[str]) -> tuple[np.ndarray, list[list[_
         missing = [b for b in stored if b not in slot]
         if missing:
             have = {b: ref[0].path.name for b, ref in slot.items()}
-            raise ValueError(
+            raise InputError(
                 f"{cat.origin}: band(s) {missing} missing for date {t}; stored there: {have}; "
                 f"{missing[0]!r} is in {cat.files(missing[0])[:5]}"
             )
@@ -469,7 +470,7 @@ class Stack:
             try:
                 window = window.intersection(full)
             except rasterio.errors.WindowError as e:
-                raise ValueError(f"window {window} lies outside stack {self.path} "
+                raise InputError(f"window {window} lies outside stack {self.path} "
                                  f"({self.height}x{self.width} px)") from e
         return self.read_many([window], bands=bands, until=until)[0]
 
@@ -526,7 +527,7 @@ class Stack:
             return idx
         keep = idx[self.dates <= _to_day(until)]
         if not len(keep):
-            raise ValueError(f"until={until}: stack {self.path} has no date on or before it "
+            raise InputError(f"until={until}: stack {self.path} has no date on or before it "
                              f"(first date {self.dates[0]})")
         return keep
 
@@ -535,7 +536,7 @@ class Stack:
             return list(range(len(self.bands)))
         missing = [b for b in bands if b not in self.bands]
         if missing:
-            raise ValueError(f"band(s) {missing} not in stack {self.path}; bands: {self.bands}")
+            raise InputError(f"band(s) {missing} not in stack {self.path}; bands: {self.bands}")
         return [self.bands.index(b) for b in bands]
 
     def _mask_ok(self, m: np.ndarray) -> np.ndarray:
@@ -587,7 +588,7 @@ def _fill(out: list[np.ndarray], pix: list[tuple[int, int, int, int]],
                     for t, c, _, b in items:
                         dst[t, c, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = values[pos[b]]
         except rasterio.errors.RasterioError as e:
-            raise ValueError(f"cannot read raster {path}: {e}") from e
+            raise InputError(f"cannot read raster {path}: {e}") from e
 
 
 _RESAMPLING = {"average": Resampling.average, "nearest": Resampling.nearest,
@@ -598,7 +599,7 @@ def _warp(block: StackArray, dst_crs: CRS, dst_transform: Affine, shape: tuple[i
           resampling: str) -> StackArray:
     """Warp a NaN-carrying block onto another grid; NaN is nodata on both sides."""
     if resampling not in _RESAMPLING:
-        raise ValueError(f"resampling must be one of {sorted(_RESAMPLING)}, got {resampling!r}")
+        raise InputError(f"resampling must be one of {sorted(_RESAMPLING)}, got {resampling!r}")
     t, c, h, w = block.data.shape
     dst = np.full((t * c, *shape), np.nan, np.float32)
     if t * c:
@@ -623,17 +624,17 @@ def _open_mask(mask: PathLike | Sequence[PathLike], kind: str, timestamps: np.nd
                grid: _Raster, dates: Sequence[str] | None) -> list[_Ref]:
     """One mask band per stack frame, on the stack's grid and at the same dates."""
     if kind not in ("cloud", "valid"):
-        raise ValueError(f"mask_kind must be 'cloud' or 'valid', got {kind!r}")
+        raise InputError(f"mask_kind must be 'cloud' or 'valid', got {kind!r}")
     origin = f"mask {_describe(mask)}"
     cat = _catalog(_list_rasters(mask), origin, None, dates)
     stored = _resolve_bands(cat, None, None)
     if len(stored) != 1:
-        raise ValueError(f"{origin} must hold one band per date; found bands {[s for s, _ in stored]}")
+        raise InputError(f"{origin} must hold one band per date; found bands {[s for s, _ in stored]}")
     frames, refs = _assemble(cat, [stored[0][1]])
     days, want = frames.astype("datetime64[D]"), timestamps.astype("datetime64[D]")
     if len(days) != len(want) or (days != want).any():
         diff = next((i for i, (a, b) in enumerate(zip(days, want)) if a != b), min(len(days), len(want)))
-        raise ValueError(f"{origin} has {len(days)} dates, the stack {len(want)}; first difference at "
+        raise InputError(f"{origin} has {len(days)} dates, the stack {len(want)}; first difference at "
                          f"frame {diff}: mask {days[diff] if diff < len(days) else '-'} vs "
                          f"stack {want[diff] if diff < len(want) else '-'}")
     _check_grid([grid] + [r[0][0] for r in refs], origin)
@@ -659,6 +660,6 @@ def open_stack(path: PathLike | Sequence[PathLike], *, bands: Sequence[str] | No
     timestamps, refs = _assemble(cat, [s for _, s in selected])
     grid = _check_grid(list({r[0].path: r[0] for row in refs for r in row}.values()), origin)
     if grid.crs is None:
-        raise ValueError(f"{grid.path} has no CRS; stacks must be georeferenced")
+        raise InputError(f"{grid.path} has no CRS; stacks must be georeferenced")
     mask_refs = _open_mask(mask, mask_kind, timestamps, grid, dates) if mask is not None else None
     return Stack(origin, timestamps, [o for o, _ in selected], refs, grid, mask_refs, mask_kind)

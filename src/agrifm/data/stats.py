@@ -21,6 +21,7 @@ from agrifm.data.h5 import h5_sources, read_h5_sample, sample_paths
 from agrifm.data.tables import SeriesTable, read_table
 from agrifm.io import atomic_output
 from agrifm.sensors import get_source
+from agrifm.errors import InputError
 
 __all__ = ["BandStats", "RunningStats", "band_stats", "compute_stats", "main"]
 
@@ -73,7 +74,7 @@ class RunningStats:
         """
         x = np.asarray(data)
         if x.ndim == 0 or x.shape[axis] != len(self.count):
-            raise ValueError(f"{what}: shape {x.shape} has no {len(self.count)} bands on axis {axis}")
+            raise InputError(f"{what}: shape {x.shape} has no {len(self.count)} bands on axis {axis}")
         ok = np.isfinite(x)
         if valid is not None:
             ok &= np.expand_dims(np.asarray(valid, dtype=bool), axis)
@@ -93,7 +94,7 @@ class RunningStats:
         """Final statistics; a band without any valid value is an error naming it."""
         empty = [b for b, n in zip(bands, self.count) if n == 0]
         if empty:
-            raise ValueError(f"no valid value for band(s) {empty}")
+            raise InputError(f"no valid value for band(s) {empty}")
         return BandStats(list(bands), self.mean.copy(), np.sqrt(self.m2 / self.count), self.count.copy())
 
 
@@ -110,7 +111,7 @@ def _accumulate(chunks: Iterable[ArrayLike], axis: int, names: Sequence[str] | N
             stats = RunningStats(data.shape[axis])
         stats.update(data, valid, axis=axis, what=f"chunk {i}")
     if stats is None:
-        raise ValueError("no data to compute statistics on")
+        raise InputError("no data to compute statistics on")
     return stats.result(names or [f"band_{i}" for i in range(len(stats.count))])
 
 
@@ -125,7 +126,7 @@ def _pick_source(files: list[Path], source: str | None) -> str:
     if source is None:
         source = next(iter(found)) if len(found) == 1 else "S2" if "S2" in found else None
         if source is None:
-            raise ValueError(f"{files[0]} holds sources {sorted(found)}: choose one with --source")
+            raise InputError(f"{files[0]} holds sources {sorted(found)}: choose one with --source")
     return source
 
 
@@ -186,7 +187,7 @@ def band_stats(
                           bands, [path.stem] if path.is_file() else split)
         if path.suffix.lower() in RASTER_SUFFIXES or path.is_dir():
             return _of_stack(path, bands)
-        raise ValueError(f"{path}: not a table (.csv/.parquet), H5 sample(s) or GeoTIFF stack")
+        raise InputError(f"{path}: not a table (.csv/.parquet), H5 sample(s) or GeoTIFF stack")
     if isinstance(data, (np.ndarray, tuple)):  # one array or one (data, valid) pair
         data = [data]
     return _accumulate(data, axis, bands)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+from agrifm.errors import AgrifmError
 
 __all__ = ["SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
 
@@ -25,7 +26,7 @@ COORDS = ("longitude", "latitude")
 NOT_BANDS = frozenset(REQUIRED + COORDS + ("start_date", "end_date"))
 
 
-class TableError(ValueError):
+class TableError(AgrifmError, ValueError):
     """A table that cannot be read as labelled time series (names the file and column)."""
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
+from agrifm.errors import InputError
 
 __all__ = ["main", "build_parser", "parse_sources", "parse_band_maps"]
 
@@ -33,13 +33,13 @@ def parse_sources(items: Sequence[str]) -> dict[str, str | list[str]]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--source expects NAME=PATH, got {item!r}")
+            raise InputError(f"--source expects NAME=PATH, got {item!r}")
         if name in out:
-            raise ValueError(f"--source {name} given twice ({out[name]!r} and {path!r})")
+            raise InputError(f"--source {name} given twice ({out[name]!r} and {path!r})")
         if any(ch in path for ch in "*?["):
             files = sorted(glob.glob(path))
             if not files:
-                raise ValueError(f"--source {name}: no file matches {path!r}")
+                raise InputError(f"--source {name}: no file matches {path!r}")
             out[name] = files
         else:
             out[name] = path
@@ -52,11 +52,11 @@ def parse_band_maps(items: Sequence[str]) -> dict[str, dict[str, str]]:
     for item in items:
         name, sep, pairs = item.partition(":")
         if not sep or not name or not pairs:
-            raise ValueError(f"--band-map expects NAME:BAND=STORED[,BAND=STORED], got {item!r}")
+            raise InputError(f"--band-map expects NAME:BAND=STORED[,BAND=STORED], got {item!r}")
         for pair in pairs.split(","):
             band, eq, stored = pair.partition("=")
             if not eq or not band or not stored:
-                raise ValueError(f"--band-map {item!r}: {pair!r} is not BAND=STORED")
+                raise InputError(f"--band-map {item!r}: {pair!r} is not BAND=STORED")
             out.setdefault(name, {})[band] = stored
     return out
 
@@ -96,12 +96,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.assemble:
         if not args.block_dir:
-            raise ValueError("--assemble needs --block-dir")
+            raise InputError("--assemble needs --block-dir")
         paths = engine.assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
     if not args.checkpoint or not args.source:
-        raise ValueError("--checkpoint and at least one --source NAME=PATH are required")
+        raise InputError("--checkpoint and at least one --source NAME=PATH are required")
     checkpoint = importlib.import_module("agrifm.checkpoint")  # the model code loads only here
 
     sources = parse_sources(args.source)
@@ -131,11 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agrifm.predict.engine import UnitsWarning
 
     warnings.simplefilter("always", UnitsWarning)
-    try:
-        return _run(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"agrifm predict: error: {e}", file=sys.stderr)
-        return 1
+    return _run(args)  # errors: the dispatcher prints them (agrifm.cli.report_error)
 
 
 if __name__ == "__main__":

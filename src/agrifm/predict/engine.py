@@ -40,6 +40,7 @@ from agrifm.data.timeseries import days_since_epoch, fixed_frames, prepare_sourc
 from agrifm.io import atomic_output, write_text_atomic
 from agrifm.predict.cog import CogWriter, class_map_meta, encode_layers, layer_meta
 from agrifm.predict.tiling import Accumulator, Block, Partial, Rect, Tile, TileGrid, blend_weights, ring
+from agrifm.errors import InputError, OutputExistsError
 
 if TYPE_CHECKING:
     from agrifm.sensors import Source
@@ -145,7 +146,7 @@ def output_grid(stacks: Mapping[str, Stack], *, crs: Any = None, resolution: flo
     ref = stacks[name]
     t = ref.transform
     if t.b or t.d:
-        raise ValueError(f"source {name!r} ({ref.path}) has a rotated grid; only north-up rasters are supported")
+        raise InputError(f"source {name!r} ({ref.path}) has a rotated grid; only north-up rasters are supported")
     if crs is None and resolution is None and bounds is None:
         return OutputGrid(ref.crs, t, ref.width, ref.height)
     dst = CRS.from_user_input(crs) if crs is not None else ref.crs
@@ -155,7 +156,7 @@ def output_grid(stacks: Mapping[str, Stack], *, crs: Any = None, resolution: flo
         res = (float(resolution),) * 2 if np.isscalar(resolution) else tuple(map(float, resolution))  # type: ignore[arg-type]
     left, bottom, right, top = tuple(bounds) if bounds is not None else _footprint(ref, dst)
     if right <= left or top <= bottom:
-        raise ValueError(f"empty output bounds {(left, bottom, right, top)} (left, bottom, right, top)")
+        raise InputError(f"empty output bounds {(left, bottom, right, top)} (left, bottom, right, top)")
     if dst == ref.crs:  # origin on the finest source's pixel corners
         left = t.c + math.floor((left - t.c) / t.a + 1e-6) * t.a
         top = t.f + math.floor((top - t.f) / t.e + 1e-6) * t.e
@@ -243,14 +244,14 @@ def _canonical_names(predictor: Predictor, names: Sequence[str]) -> dict[str, st
     out = {}
     for n in names:
         if n.lower() not in lookup:
-            raise ValueError(f"unknown source {n!r}: this predictor takes {list(predictor.sources)}")
+            raise InputError(f"unknown source {n!r}: this predictor takes {list(predictor.sources)}")
         twice = [g for g, k in out.items() if k == lookup[n.lower()]]
         if twice:
-            raise ValueError(f"sources {twice[0]!r} and {n!r} both name the predictor's {lookup[n.lower()]!r}")
+            raise InputError(f"sources {twice[0]!r} and {n!r} both name the predictor's {lookup[n.lower()]!r}")
         out[n] = lookup[n.lower()]
     missing = [k for k in predictor.sources if k not in out.values()]
     if missing:
-        raise ValueError(f"missing source(s) {missing}: this predictor needs {list(predictor.sources)} "
+        raise InputError(f"missing source(s) {missing}: this predictor needs {list(predictor.sources)} "
                          f"(got {list(names)}; pass --source NAME=PATH for each)")
     return out
 
@@ -271,7 +272,7 @@ def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[s
     stored = [b if b in stack.bands else (band_map or {}).get(b, b) for b in source.bands]
     missing = [b for b, s in zip(source.bands, stored) if s not in stack.bands]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"source {name!r} ({stack.path}): bands {missing} of the predictor's {list(source.bands)} are "
             f"not in the stack's {list(stack.bands)}; substitute with band_map (--band-map {name}:{missing[0]}=OTHER)")
     return stored
@@ -280,7 +281,7 @@ def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[s
 def _frames_until(name: str, stack: Stack, until: np.datetime64 | None) -> np.ndarray:
     dates = stack.dates if until is None else stack.dates[stack.dates <= until]
     if not len(dates):
-        raise ValueError(f"source {name!r} ({stack.path}): no frame on or before {until} "
+        raise InputError(f"source {name!r} ({stack.path}): no frame on or before {until} "
                          f"(first date {stack.dates[0]})")
     return dates
 
@@ -291,7 +292,7 @@ def _make_readers(predictor: Predictor, stacks: Mapping[str, Stack], grid: Outpu
     for name, stack in stacks.items():
         source = predictor.sources[name]
         if not _overlaps(_footprint(stack, grid.crs), grid.bounds):
-            raise ValueError(f"source {name!r} ({stack.path}) covers {tuple(round(v, 3) for v in stack.bounds)} "
+            raise InputError(f"source {name!r} ({stack.path}) covers {tuple(round(v, 3) for v in stack.bounds)} "
                              f"in {stack.crs}, which does not overlap the output area {grid.bounds} in {grid.crs}")
         dates = _frames_until(name, stack, until)
         frames = fixed_frames(len(dates), predictor.frames) if predictor.frames else None
@@ -352,7 +353,7 @@ class BlockStore:
             have = self.manifest()
             diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
             if diff:
-                raise ValueError(f"block folder {self.root} holds blocks of another run (differs in {diff}); "
+                raise InputError(f"block folder {self.root} holds blocks of another run (differs in {diff}); "
                                  "delete it or pass another block_dir")
             return
         write_text_atomic(path, json.dumps(want, indent=1))
@@ -425,7 +426,7 @@ def _prefetch(items: Iterator[T]) -> Iterator[T]:
 def _as_probs(p: Any, shape: tuple[int, ...], what: str) -> torch.Tensor:
     if not isinstance(p, torch.Tensor) or tuple(p.shape[:len(shape)]) != shape:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-        raise ValueError(f"{what} predictor returned {got}, expected probabilities of shape {shape}...")
+        raise InputError(f"{what} predictor returned {got}, expected probabilities of shape {shape}...")
     return p.detach().float().cpu()
 
 
@@ -437,7 +438,7 @@ def _run_dense(predictor: Predictor, inputs: Mapping[str, torch.Tensor], keep: n
     with torch.inference_mode():
         p = _as_probs(predictor(x), (len(keep), num_classes), "dense")
     if p.ndim != 4:
-        raise ValueError(f"dense predictor returned shape {tuple(p.shape)}, expected (B, K, h, w)")
+        raise InputError(f"dense predictor returned shape {tuple(p.shape)}, expected (B, K, h, w)")
     if p.shape[-2:] != (window, window):
         p = F.interpolate(p, size=(window, window), mode="bilinear", align_corners=False, antialias=True)
     return p.numpy()
@@ -582,7 +583,7 @@ def _check_outputs(paths: Mapping[str, Path], overwrite: bool) -> None:
     if not overwrite:
         for p in paths.values():
             if p.exists():
-                raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+                raise OutputExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def _assemble_block(store: BlockStore, tg: TileGrid, block: Block, k: int, with_probs: bool) -> dict[str, np.ndarray]:
@@ -677,13 +678,13 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        raise InputError(f"rank {rank} is not in [0, world_size={world_size})")
     return rank, world_size
 
 
 def _check_predictor(predictor: Predictor) -> None:
     if predictor.kind not in ("dense", "point"):
-        raise ValueError(f"predictor.kind must be 'dense' or 'point', got {predictor.kind!r}")
+        raise InputError(f"predictor.kind must be 'dense' or 'point', got {predictor.kind!r}")
     class_map_meta(predictor.class_names, predictor.class_colors)  # validates names/colours/count
 
 

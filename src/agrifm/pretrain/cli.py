@@ -17,7 +17,6 @@ import copy
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,8 +28,9 @@ import numpy as np
 import torch
 
 from agrifm.io import atomic_output, write_text_atomic
-from agrifm.pretrain.shards import ShardDataset, ShardError
+from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source, get_source
+from agrifm.errors import InputError, OutputExistsError, user_input
 
 __all__ = ["main", "run", "parse_args", "SourceShards", "open_shard_sets", "source_statistics", "describe_source", "model_config",
            "export_outputs"]
@@ -67,7 +67,7 @@ def open_shard_sets(paths: Sequence[str | Path], what: str = "--data") -> dict[s
         name, bands = index["source"], list(index["bands"])
         s = sets.setdefault(name, SourceShards(name, [], bands, list(index["class_names"]), []))
         if bands != s.bands:
-            raise ValueError(f"{what} {folder}: source {name!r} has bands {bands}, {s.dirs[0]} has {s.bands}")
+            raise InputError(f"{what} {folder}: source {name!r} has bands {bands}, {s.dirs[0]} has {s.bands}")
         s.dirs.append(folder)
         s.indexes.append(index)
     for shard in everything.shards:
@@ -94,7 +94,7 @@ def source_statistics(shards: SourceShards, max_samples: int = 512) -> tuple[lis
     try:
         result = running.result(shards.bands)
     except ValueError as err:
-        raise ValueError(f"source {shards.name!r} ({shards.dirs[0]}): {err} in the first {n} samples") from None
+        raise InputError(f"source {shards.name!r} ({shards.dirs[0]}): {err} in the first {n} samples") from None
     return result.mean.tolist(), np.maximum(result.std, 1e-6).tolist(), f"data pass over {n} samples"
 
 
@@ -125,7 +125,7 @@ def model_config(spec: str, *, sources: dict[str, int], num_classes: int, frames
         loaded = yaml.safe_load(path.read_text()) or {}
         model: Any = loaded.get("model", loaded) if isinstance(loaded, dict) else None
         if not isinstance(model, dict):
-            raise ValueError(f"--model {spec}: expected a mapping of model settings")
+            raise InputError(f"--model {spec}: expected a mapping of model settings")
     else:
         model = spec
     # Pre-training pools time by a mean; the exported AgriFM must do the same for its head to fit.
@@ -293,9 +293,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(a: argparse.Namespace) -> None:
     for name in ("max_steps", "batch_size", "accumulate", "frames", "log_every", "val_every", "ckpt_every", "stats_samples"):
         if getattr(a, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.workers < 0 or a.shuffle_buffer < 0:
-        raise ValueError("--workers and --shuffle-buffer must be >= 0")
+        raise InputError("--workers and --shuffle-buffer must be >= 0")
 
 
 def _datasets(sets: dict[str, SourceShards], sources: dict[str, Source], a: argparse.Namespace, *, train: bool) -> dict[str, ShardDataset]:
@@ -312,7 +312,7 @@ def _run_dir(a: argparse.Namespace) -> tuple[Path, Path]:
     if a.resume and not last.exists():
         raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in {out})")
     if not a.resume and not a.overwrite and last.exists():
-        raise FileExistsError(f"{out} holds a run ({last}): pass --resume to continue it or --overwrite to start afresh")
+        raise OutputExistsError(f"{out} holds a run ({last}): pass --resume to continue it or --overwrite to start afresh")
     return out, last
 
 
@@ -324,10 +324,10 @@ def _inputs(a: argparse.Namespace) -> tuple[dict[str, SourceShards], dict[str, S
     for what, sets in (("--data", train_sets), ("--val-data", val_sets)):
         for s in sets.values():
             if s.class_names != class_names:
-                raise ValueError(f"{what} {s.dirs[0]}: class names {s.class_names} differ from {class_names}")
+                raise InputError(f"{what} {s.dirs[0]}: class names {s.class_names} differ from {class_names}")
     unknown = sorted(set(val_sets) - set(train_sets))
     if unknown:
-        raise ValueError(f"--val-data has source(s) {unknown} that no --data set trains ({sorted(train_sets)})")
+        raise InputError(f"--val-data has source(s) {unknown} that no --data set trains ({sorted(train_sets)})")
     return train_sets, val_sets, class_names
 
 
@@ -427,12 +427,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``agrifm pretrain``."""
     a = parse_args(argv)
-    try:
+    with user_input():  # the dispatcher prints it (agrifm.cli.report_error)
         summary = run(a)
-    except (ShardError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
     from agrifm.pretrain.task import rank_world
 
     if rank_world()[0] == 0:

@@ -62,6 +62,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from agrifm.io import write_text_atomic
 from agrifm.pretrain.landcover import CLASSES
+from agrifm.errors import AgrifmError
 
 __all__ = [
     "FORMAT",
@@ -84,7 +85,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ShardError(RuntimeError):
+class ShardError(AgrifmError, RuntimeError):
     """A shard file is missing, truncated or unreadable (the message names it)."""
 
 

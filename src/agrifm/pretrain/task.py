@@ -35,6 +35,7 @@ from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fracti
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
 from agrifm.tasks.base import warmup_cosine
+from agrifm.errors import InputError
 
 __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "PrepareSample", "MetricsLog",
            "predict_fractions", "shard_dataset", "rank_world", "gather_objects"]
@@ -163,7 +164,7 @@ class SourceMixer(IterableDataset):
     def __init__(self, datasets: Mapping[str, ShardDataset], batch_size: int, *, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if not datasets:
-            raise ValueError("no training sources")
+            raise InputError("no training sources")
         self.streams = {n: _SourceStream(n, ds, batch_size, num_workers) for n, ds in datasets.items()}
         counts = np.array([ds.num_samples for ds in datasets.values()], dtype=np.float64)
         self.weights = counts / counts.sum()
@@ -210,7 +211,7 @@ class SourceMixer(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if set(state["sources"]) != set(self.streams):
-            raise ValueError(f"resume state has sources {sorted(state['sources'])}, this run {sorted(self.streams)}")
+            raise InputError(f"resume state has sources {sorted(state['sources'])}, this run {sorted(self.streams)}")
         self.index = int(state["index"])
         self.samples = dict(state["samples"])
         self.skips = copy.deepcopy(state["skips"])
@@ -263,7 +264,7 @@ class StreamState(L.Callback):
         rank, world = rank_world()
         ranks = state_dict["ranks"]
         if len(ranks) != world:
-            raise ValueError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
+            raise InputError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
                              "resume with the same number of processes (the shard assignment depends on it)")
         self.mixer.load_state_dict(ranks[rank])
 
@@ -346,9 +347,9 @@ class PretrainTask(L.LightningModule):
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_momentum <= 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+            raise InputError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
         if not 0.0 <= teacher_weight <= 1.0:
-            raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+            raise InputError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
         self.save_hyperparameters()
         self.model = PretrainModel(ModelConfig.from_dict(dict(model)))
         self.model.set_checkpointing(checkpointing)
