@@ -16,7 +16,7 @@ import importlib
 import logging
 import warnings
 from collections.abc import Sequence
-from agrifm.errors import InputError
+from agrifm.errors import InputError, require_positive
 
 __all__ = ["main", "build_parser", "parse_sources", "parse_band_maps"]
 
@@ -102,16 +102,19 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.checkpoint or not args.source:
         raise InputError("--checkpoint and at least one --source NAME=PATH are required")
+    require_positive(window=args.window, batch_size=args.batch_size, block_size=args.block_size)  # before loading
+    device = engine.resolve_device(args.device)
+    device = None if device is None else str(device)
     checkpoint = importlib.import_module("agrifm.checkpoint")  # the model code loads only here
 
     sources = parse_sources(args.source)
     band_map = parse_band_maps(args.band_map)
-    predictor = checkpoint.load_predictor(args.checkpoint, device=args.device)
+    predictor = checkpoint.load_predictor(args.checkpoint, device=device)
     provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     result = engine.predict_scene(
         predictor, sources, args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities, until=args.until_date, resolution=args.resolution, crs=args.crs,
-        bounds=args.bounds, band_map=band_map, overwrite=args.overwrite, device=args.device,
+        bounds=args.bounds, band_map=band_map, overwrite=args.overwrite, device=device,
         provenance=provenance, block_dir=args.block_dir, block_size=args.block_size,
         quicklook=not args.no_quicklook, progress=not args.no_progress,
     )

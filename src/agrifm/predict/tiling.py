@@ -247,7 +247,7 @@ class Accumulator:
         self.valid[asl] |= valid[tsl]
         if probs is not None:
             if self.weights is None:
-                raise InputError("Accumulator.add needs blending weights")
+                raise ValueError("Accumulator.add needs blending weights")
             w = self.weights[tsl]
             self.num[(slice(None), *asl)] += probs[(slice(None), *tsl)] * w
             self.den[asl] += w
