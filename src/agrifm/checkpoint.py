@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -110,9 +111,24 @@ def save_model(
     meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames,
                           dict(extra or {}), members)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise InputError(f"{path}: not saved: weights {bad[:5]} hold NaN/inf values (a diverged training run?)")
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={"agrifm": meta.to_json()})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; outputs get ordinary permissions
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def read_metadata(path: str | Path) -> CheckpointMeta:
@@ -138,7 +154,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM |
 
     meta = read_metadata(path)
     model = Ensemble.build(meta.model, meta.members) if meta.members > 1 else AgriFM(meta.model)
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors' own errors: a truncated or damaged file
+        raise InputError(f"{path}: damaged weights ({type(exc).__name__}: {exc})") from None
+    bad = _non_finite(state)
+    if bad:
+        raise InputError(f"{path}: weights {bad[:5]}{' ...' if len(bad) > 5 else ''} ({len(bad)} tensors) hold "
+                         "NaN/inf values: a damaged or diverged checkpoint; use another copy or retrain")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "

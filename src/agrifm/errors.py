@@ -65,4 +65,4 @@ class user_input:  # noqa: N801 - used as a context manager: ``with user_input("
         if err is None or isinstance(err, AgrifmError) or not isinstance(err, (ValueError, KeyError)):
             return False
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        raise InputError(f"{self.what}: {message}" if self.what else message) from err
+        raise InputError(f"{self.what}: {message}" if self.what and self.what not in message else message) from err

@@ -21,7 +21,7 @@ from agrifm.data.h5 import h5_sources, read_h5_sample, sample_paths
 from agrifm.data.tables import SeriesTable, read_table
 from agrifm.io import atomic_output
 from agrifm.sensors import get_source
-from agrifm.errors import InputError
+from agrifm.errors import InputError, OutputExistsError, user_input
 
 __all__ = ["BandStats", "RunningStats", "band_stats", "compute_stats", "main"]
 
@@ -211,18 +211,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", nargs="+", help="bands to use, in this order")
     p.add_argument("--split", help="H5 split name (train) or split list file")
     p.add_argument("--json", dest="json_out", help="write {bands, mean, std, count} here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.json_out:  # refused before the (possibly long) pass over the data
+        out = Path(args.json_out)
+        if out.is_dir():
+            raise InputError(f"--json {out} is a folder; give a file name")
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"--json {out} exists; pass --overwrite to replace it")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--json {out}: output folder {out.parent} does not exist")
     bands = args.bands
     if bands is None and args.source is not None and Path(args.path).suffix.lower() not in TABLE_SUFFIXES:
         try:  # a registered source: statistics in its band order, ready for Source.with_stats
             bands = list(get_source(args.source).bands)
         except KeyError:
             pass
-    stats = band_stats(args.path, source=args.source, bands=bands, split=args.split)
+    with user_input(args.path):
+        stats = band_stats(args.path, source=args.source, bands=bands, split=args.split)
     print(stats.table())
     if args.json_out:
         print(f"wrote {stats.write_json(args.json_out)}")
