@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import re
 import time
@@ -30,7 +31,7 @@ import torch
 from agrifm.io import atomic_output, write_text_atomic
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source, get_source
-from agrifm.errors import InputError, OutputExistsError, user_input
+from agrifm.errors import InputError, OutputExistsError, TooLargeError, user_input
 
 __all__ = ["main", "run", "parse_args", "SourceShards", "open_shard_sets", "source_statistics", "describe_source", "model_config",
            "export_outputs"]
@@ -309,11 +310,48 @@ def _run_dir(a: argparse.Namespace) -> tuple[Path, Path]:
     """(RUN_DIR, its last checkpoint), refusing to resume nothing or to overwrite a run silently."""
     out = Path(a.out)
     last = out / "checkpoints" / "last.ckpt"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a run folder")
     if a.resume and not last.exists():
         raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in {out})")
-    if not a.resume and not a.overwrite and last.exists():
-        raise OutputExistsError(f"{out} holds a run ({last}): pass --resume to continue it or --overwrite to start afresh")
+    held = [p for p in (last, *(out / n for n in RUN_OUTPUTS)) if p.exists()]
+    if not a.resume and not a.overwrite and held:
+        raise OutputExistsError(f"{out} holds a run ({held[0]}): pass --resume to continue it or --overwrite to start afresh")
     return out, last
+
+
+RUN_OUTPUTS = ("model.safetensors", "encoder_published.pth", "summary.json", "metrics.csv")
+
+
+def memory_estimate(cfg: Any, train_sets: dict[str, SourceShards], batch_size: int, frames: int,
+                    checkpointing: bool) -> int:
+    """A lower bound of the bytes one training step keeps for backward: the batch and the
+    backbone's activations (about 12 floats per token and channel per block)."""
+    from agrifm.models.config import level_shapes
+
+    total = 0
+    for s in train_sets.values():
+        chip = max(int(i.get("chip_size") or 0) for i in s.indexes) or 128
+        data = batch_size * frames * (len(s.bands) + 1) * chip * chip * 4
+        acts = 0
+        for i, ((_, d), depth) in enumerate(zip(level_shapes(cfg, frames), cfg.depths)):
+            tokens = d * math.ceil(chip / (cfg.patch_size[1] * 2**i)) * math.ceil(chip / (cfg.patch_size[2] * 2**i))
+            acts += tokens * cfg.embed_dim * 2**i * 12 * (1 if checkpointing else depth)
+        total = max(total, data + batch_size * acts * 4)
+    return total
+
+
+def _check_memory(a: argparse.Namespace, cfg: Any, train_sets: dict[str, SourceShards]) -> None:
+    from agrifm.predict.engine import available_memory
+
+    need = memory_estimate(cfg, train_sets, a.batch_size, a.frames, a.activation_checkpointing)
+    gpu = torch.cuda.is_available() and a.devices != "0"
+    have = torch.cuda.get_device_properties(0).total_memory if gpu else available_memory()
+    if need > have:
+        raise TooLargeError(f"--batch-size {a.batch_size} with --frames {a.frames} needs at least {need / 2**30:.1f} GiB "
+                            f"per step, {have / 2**30:.1f} GiB of {'GPU' if gpu else ''} memory "
+                            f"{'exist' if gpu else 'are available'}: use a smaller --batch-size (with --accumulate) "
+                            "or fewer --frames, or --activation-checkpointing")
 
 
 def _inputs(a: argparse.Namespace) -> tuple[dict[str, SourceShards], dict[str, SourceShards], list[str]]:
@@ -364,6 +402,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     train_sets, val_sets, class_names = _inputs(a)
     cfg = model_config(a.model, sources={n: len(s.bands) for n, s in train_sets.items()}, num_classes=len(class_names),
                        frames=a.frames)
+    _check_memory(a, cfg, train_sets)
     norm = {n: source_statistics(s, a.stats_samples) for n, s in train_sets.items()}
     sources = {n: describe_source(s, *norm[n][:2]) for n, s in train_sets.items()}
     if a.precision == "auto":

@@ -146,7 +146,7 @@ class _SourceStream:
                     break
                 self.dataset.set_epoch(self.dataset.epoch + 1)
         rank, world = self.dataset.rank_world()
-        raise RuntimeError(
+        raise InputError(
             f"source {self.name!r}: rank {rank}/{world} got no full batch of {self.batch_size} in a whole epoch "
             f"({self.dataset.num_samples} samples in {len(self.dataset.shards)} shards, stats {self.dataset.stats}); "
             "use a smaller --batch-size, fewer processes, or more/smaller shards"
