@@ -103,6 +103,9 @@ def report_error(name: str, err: BaseException) -> int:
         return 130
     if isinstance(err, AgrifmError):
         message = str(err)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: its last line is the message
+            last = message.strip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
     elif isinstance(err, OSError):
         message = _os_message(err)
     elif isinstance(err, MemoryError):
