@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Union
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.warp
 import torch
 import torch.nn.functional as F
@@ -154,12 +155,19 @@ def output_grid(stacks: Mapping[str, Stack], *, crs: Any = None, resolution: flo
         raise InputError(f"source {name!r} ({ref.path}) has a rotated grid; only north-up rasters are supported")
     if crs is None and resolution is None and bounds is None:
         return OutputGrid(ref.crs, t, ref.width, ref.height)
-    dst = CRS.from_user_input(crs) if crs is not None else ref.crs
+    try:
+        dst = CRS.from_user_input(crs) if crs is not None else ref.crs
+    except (rasterio.errors.CRSError, ValueError, TypeError) as e:
+        raise InputError(f"--crs {crs!r} is not a coordinate reference system ({e})") from None
     if resolution is None:
         res = _pixel_size(ref, dst)
     else:
         res = (float(resolution),) * 2 if np.isscalar(resolution) else tuple(map(float, resolution))  # type: ignore[arg-type]
+        if len(res) != 2 or not all(math.isfinite(r) and r > 0 for r in res):
+            raise InputError(f"--resolution must be a positive number (or an x, y pair), got {resolution}")
     left, bottom, right, top = tuple(bounds) if bounds is not None else _footprint(ref, dst)
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise InputError(f"--bounds must be finite numbers, got {(left, bottom, right, top)}")
     if right <= left or top <= bottom:
         raise InputError(f"empty output bounds {(left, bottom, right, top)} (left, bottom, right, top)")
     if dst == ref.crs:  # origin on the finest source's pixel corners
@@ -926,7 +934,10 @@ def predict_scene(
     _check_options(window, overlap, batch_size, block_size, point_batch)
     _check_outputs(output_paths(out, probabilities, quicklook), overwrite)
     device = resolve_device(device)
-    day = None if until is None else np.datetime64(until, "D")
+    try:
+        day = None if until is None else np.datetime64(until, "D")
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--until-date {until!r} is not a date YYYY-MM-DD ({e})") from None
     names = _canonical_names(predictor, list(sources))
     maps = {names.get(k, k): v for k, v in (band_map or {}).items()}
     stacks = {names[n]: _open(names[n], v, predictor.sources[names[n]], maps.get(names[n]))
