@@ -116,6 +116,9 @@ def _accumulate(chunks: Iterable[ArrayLike], axis: int, names: Sequence[str] | N
 
 
 def _of_table(table: SeriesTable, bands: Sequence[str] | None) -> BandStats:
+    missing = [b for b in bands or () if b not in table.bands]
+    if missing:
+        raise InputError(f"{table.path}: band(s) {missing} not in the table's bands {list(table.bands)}")
     columns = [table.bands.index(b) for b in bands] if bands else list(range(len(table.bands)))
     return _accumulate([table.values[..., columns]], axis=-1, names=[table.bands[c] for c in columns])
 

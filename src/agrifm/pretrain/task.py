@@ -150,6 +150,7 @@ class _SourceStream:
             f"source {self.name!r}: rank {rank}/{world} got no full batch of {self.batch_size} in a whole epoch "
             f"({self.dataset.num_samples} samples in {len(self.dataset.shards)} shards, stats {self.dataset.stats}); "
             "use a smaller --batch-size, fewer processes, or more/smaller shards"
+            + (f"; {self.dataset.stats['short']} series were shorter than --frames" if self.dataset.stats.get("short") else "")
         )
 
 
