@@ -245,21 +245,54 @@ def predict_fractions(model: PretrainModel, batch: Batch) -> torch.Tensor:
     return model(batch["source"], batch["x"], batch["dates"], tuple(batch["fractions"].shape[-2:]))
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random stream a training step draws from in this process: torch (CPU, CUDA), numpy, Python."""
+    import random
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),  # plain types: loads with weights_only
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, np.int64)), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.int64).astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class StreamState(L.Callback):
-    """Marks trained batches consumed; saves every rank's stream position in the checkpoint.
+    """Marks trained batches consumed; saves every rank's stream position and random state in
+    the checkpoint, so a resumed run draws the same batches, frames and drop-path masks.
 
     Runs before ModelCheckpoint (Lightning orders checkpoint callbacks last), so a checkpoint
-    written at a step includes that step's batches.
+    written at a step includes that step's batches and its metrics row. The random state is
+    put back just before the first resumed step (after the data loader, which draws a seed
+    from torch's generator when it starts, has started).
     """
 
     def __init__(self, mixer: SourceMixer) -> None:
         self.mixer = mixer
+        self._pending_rng: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int) -> None:
         self.mixer.mark_consumed(batch)
+        record = getattr(pl_module, "record_step", None)
+        if record is not None:  # the step's metrics row, before ModelCheckpoint saves this step
+            record()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ranks": gather_objects(self.mixer.state_dict())}
+        return {"ranks": gather_objects(self.mixer.state_dict()), "rng": gather_objects(rng_state())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rank, world = rank_world()
@@ -268,6 +301,8 @@ class StreamState(L.Callback):
             raise InputError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
                              "resume with the same number of processes (the shard assignment depends on it)")
         self.mixer.load_state_dict(ranks[rank])
+        rngs = state_dict.get("rng")  # absent in checkpoints of earlier versions
+        self._pending_rng = rngs[rank] if rngs and len(rngs) == world else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +473,11 @@ class PretrainTask(L.LightningModule):
         self._row_step = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.record_step()
+
+    def record_step(self) -> None:
+        """The metrics row of a finished optimiser step (once per step; StreamState calls it
+        before a checkpoint of that step is written)."""
         step = self.global_step
         if step == self._row_step or self._acc is None:
             return  # inside an accumulation window
