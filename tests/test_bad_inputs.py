@@ -467,3 +467,182 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, world: Path, tmp_
 
 def test_the_table_is_large_and_its_ids_unique() -> None:
     assert len({c.id for c in CASES}) == len(CASES) >= 100
+
+
+# --------------------------------------------------------------------------- the Python API
+
+
+def _api_cases():
+    from agrifm.checkpoint import load_model, load_predictor, save_model
+    from agrifm.data.stack import open_stack
+    from agrifm.data.stats import band_stats
+    from agrifm.data.tables import read_table
+    from agrifm.models.presets import preset
+    from agrifm.predict.engine import predict_scene
+    from agrifm.sensors import get_source
+
+    def nan_model(w: Path, t: Path) -> None:
+        m = point_model()
+        with torch.no_grad():
+            next(p for p in m.parameters() if p.numel() > 1).fill_(float("inf"))
+        save_model(m, t / "m.safetensors", task="classification", sources={"X": source()}, class_names=["a", "b"])
+
+    def scene(w: Path, t: Path, **kw) -> None:
+        predict_scene(load_predictor(w / "model.safetensors", "cpu"), {"X": w / kw.pop("stack", "x")}, t / "m.tif",
+                      progress=False, quicklook=False, **kw)
+
+    return [
+        ("load-nan", lambda w, t: load_model(w / "nan.safetensors"), ValueError, r"NaN/inf"),
+        ("load-inf", lambda w, t: load_model(w / "inf.safetensors"), ValueError, r"NaN/inf"),
+        ("load-truncated", lambda w, t: load_model(w / "truncated.safetensors"), ValueError, r"not a readable"),
+        ("load-missing", lambda w, t: load_model(t / "none.safetensors"), FileNotFoundError, r"checkpoint not found"),
+        ("save-non-finite", nan_model, ValueError, r"not saved: weights .* NaN/inf"),
+        ("scene-batch-zero", lambda w, t: scene(w, t, batch_size=0), ValueError, r"--batch-size must be a positive"),
+        ("scene-window-huge", lambda w, t: scene(w, t, window=100000), MemoryError, r"--window 100000"),
+        ("scene-all-nodata", lambda w, t: scene(w, t, stack="nodata"), ValueError, r"nothing to map"),
+        ("scene-constant", lambda w, t: scene(w, t, stack="const"), ValueError, r"constant cube"),
+        ("scene-out-exists", lambda w, t: ((t / "m.tif").write_text("x"), scene(w, t)), FileExistsError, r"m\.tif exists"),
+        ("scene-until-garbage", lambda w, t: scene(w, t, until="later"), ValueError, r"--until-date 'later'"),
+        ("stats-missing", lambda w, t: band_stats(t / "none"), FileNotFoundError, r"none does not exist"),
+        ("table-no-label", lambda w, t: ((t / "t.csv").write_text("sample_id,date,B\na,2021-01-01,1\n"),
+                                         read_table(t / "t.csv")), ValueError, r"'label'\] missing"),
+        ("stack-empty-folder", lambda w, t: open_stack(w / "empty"), FileNotFoundError, r"no GeoTIFF"),
+        ("unknown-source", lambda w, t: get_source("NOPE"), KeyError, r"unknown source 'NOPE'"),
+        ("unknown-preset", lambda w, t: preset("NOPE"), KeyError, r"unknown model preset 'NOPE'"),
+    ]
+
+
+API = _api_cases()
+
+
+@pytest.mark.parametrize("call, kind, match", [c[1:] for c in API], ids=[c[0] for c in API])
+def test_api_raises_our_error_type_with_the_builtin_one(call, kind, match, world: Path, tmp_path: Path) -> None:
+    """The API raises AgrifmError subclasses that are also the built-in type callers catch."""
+    from agrifm.errors import AgrifmError
+
+    before = snapshot(world)
+    with pytest.raises(kind, match=match) as info:
+        call(world, tmp_path)
+    assert isinstance(info.value, (AgrifmError, OSError)), type(info.value).__mro__
+    assert snapshot(world) == before
+    assert not (tmp_path / "m.tif").exists() or (tmp_path / "m.tif").read_text() == "x"
+
+
+def test_the_project_error_types_are_one_family() -> None:
+    from agrifm.compat.config import ConfigSyntaxError
+    from agrifm.data.h5 import H5SampleError
+    from agrifm.data.tables import TableError
+    from agrifm.errors import AgrifmError
+    from agrifm.pretrain.fractions import NoOverlapError
+    from agrifm.pretrain.landcover import UnmappedCodesError
+    from agrifm.pretrain.shards import ShardError
+
+    for kind, builtin in ((ConfigSyntaxError, ValueError), (H5SampleError, ValueError), (TableError, ValueError),
+                          (NoOverlapError, ValueError), (UnmappedCodesError, ValueError), (ShardError, RuntimeError)):
+        assert issubclass(kind, AgrifmError) and issubclass(kind, builtin), kind
+
+
+def test_saved_models_get_ordinary_permissions(tmp_path: Path) -> None:
+    from agrifm.checkpoint import save_model
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(point_model(), tmp_path / "m.safetensors", task="classification",
+                          sources={"X": source()}, class_names=["a", "b"])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------- the dispatcher
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (PermissionError(13, "Permission denied", "/data/out.tif"), 2, "agrifm stats: error: permission denied: /data/out.tif"),
+    (FileNotFoundError(2, "No such file or directory", "/data/x.tif"), 2, "agrifm stats: error: no such file or directory: /data/x.tif"),
+    (IsADirectoryError(21, "Is a directory", "/data"), 2, "agrifm stats: error: is a directory: /data"),
+    (OSError(28, "No space left on device"), 2, "agrifm stats: error: [Errno 28] No space left on device"),
+    (MemoryError(), 2, "agrifm stats: error: out of memory; use smaller windows, batches or blocks"),
+])
+def test_dispatcher_turns_environment_errors_into_one_line(exc, code, line, monkeypatch, capsys) -> None:
+    import agrifm.data.stats as stats
+
+    def boom(argv):
+        raise exc
+
+    monkeypatch.setattr(stats, "main", boom)
+    assert agrifm(["stats", "x"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(line) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_dispatcher_keeps_a_bugs_traceback_and_says_it_is_a_bug(monkeypatch, capsys) -> None:
+    import agrifm.data.stats as stats
+
+    def boom(argv):
+        return 1 / 0
+
+    monkeypatch.setattr(stats, "main", boom)
+    assert agrifm(["stats", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err
+    assert err.strip().splitlines()[-1].startswith("agrifm stats: internal error (ZeroDivisionError): this is a bug")
+
+
+def test_dispatcher_ctrl_c_exits_130(monkeypatch, capsys) -> None:
+    import agrifm.data.stats as stats
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stats, "main", interrupted)
+    assert agrifm(["stats", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "agrifm stats: interrupted"
+
+
+def test_unknown_command_and_usage_errors_exit_2(capsys) -> None:
+    assert agrifm(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        agrifm(["predict", "--window", "many", "--out", "m.tif"])
+    assert e.value.code == 2
+    assert "agrifm predict: error: argument --window: invalid int value: 'many'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --overwrite replaces
+
+
+def test_overwrite_replaces_what_is_refused_without_it(world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s.json"
+    out.write_text("old\n")
+    assert agrifm(["stats", str(world / "x"), "--json", str(out)]) == 2
+    assert out.read_text() == "old\n"
+    assert agrifm(["stats", str(world / "x"), "--json", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["bands"] == ["B1", "B2"]
+    m = tmp_path / "m.tif"
+    m.write_text("old\n")
+    assert agrifm([*(a.replace("{w}", str(world)) for a in P + GOOD), "--out", str(m), "--overwrite"]) == 0
+    with rasterio.open(m) as ds:
+        assert ds.count == 1 and ds.read(1).max() <= 1
+
+
+def test_fit_overwrite_starts_afresh(world: Path, tmp_path: Path, capsys) -> None:
+    cfg = fit_config(tmp_path / "cfg.yaml", world / "table.csv", tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_text("an earlier run\n")
+    assert agrifm(["fit", "--config", str(cfg)]) == 2
+    assert (tmp_path / "run" / "model.safetensors").read_text() == "an earlier run\n"
+    assert agrifm(["fit", "--config", str(cfg), "--overwrite"]) == 0
+    from agrifm.checkpoint import read_metadata
+
+    assert read_metadata(tmp_path / "run" / "model.safetensors").class_names == ["a", "b"]
+
+
+def test_fit_help_is_agrifm_plain_text(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        agrifm(["fit", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: agrifm fit ") and "cli.py" not in out
+    assert "``" not in out and ":class:" not in out and ":func:" not in out
+    assert "configs/" in out and "test/ or validate/" in out and "default: " in out

@@ -134,3 +134,161 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+# --------------------------------------------------------------------------- predict
+
+
+class Threshold:
+    """One-hot of ``band 0 of the last frame > 0.35`` per pixel; raises after ``fail_after`` calls."""
+
+    class_names = ["low", "high"]
+    class_colors = [(200, 200, 60), (30, 120, 40)]
+    kind = "dense"
+    frames = None
+
+    def __init__(self, sources, fail_after: int | None = None) -> None:
+        self.sources, self.fail_after, self.calls = sources, fail_after, 0
+
+    def __call__(self, inputs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt  # stands in for a kill
+        on = (next(iter(inputs.values()))[:, -1, 0] > 0.5).float()
+        return torch.stack([1 - on, on], 1)
+
+
+def _predict(sources, stacks, out: Path, **kw):
+    from agrifm.predict.engine import predict_scene
+
+    kw = {"window": 8, "overlap": 2, "block_size": 8, "batch_size": 1, "progress": False, "quicklook": False, **kw}
+    return predict_scene(Threshold(sources, kw.pop("fail_after", None)), stacks, out, **kw)
+
+
+def _map(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture
+def scene(tmp_path: Path):
+    from test_bad_inputs import source, write_stack
+
+    data = np.random.default_rng(1).uniform(0.1, 0.6, (3, 2, 20, 24))
+    return {"X": source()}, write_stack(tmp_path / "x", data), data
+
+
+def test_predict_killed_then_resumed_equals_a_straight_run(tmp_path: Path, scene) -> None:
+    sources, stack, _ = scene
+    _predict(sources, {"X": stack}, tmp_path / "straight.tif")
+    blocks = tmp_path / "blocks"
+    with pytest.raises(KeyboardInterrupt):
+        _predict(sources, {"X": stack}, tmp_path / "m.tif", fail_after=7, block_dir=blocks)
+    done = sorted(p.name for p in blocks.glob("block_*.npz"))
+    assert done and not (tmp_path / "m.tif").exists()
+    res = _predict(sources, {"X": stack}, tmp_path / "m.tif", block_dir=blocks)
+    assert res.blocks_skipped == len(done) and res.blocks_run > 0
+    np.testing.assert_array_equal(_map(tmp_path / "m.tif"), _map(tmp_path / "straight.tif"))
+
+
+def test_predict_refuses_blocks_of_changed_inputs(tmp_path: Path, scene) -> None:
+    """Inputs rewritten after a kill: --block-dir refuses; the default hidden folder starts afresh."""
+    from test_bad_inputs import write_stack
+
+    from agrifm.errors import AgrifmError
+
+    sources, stack, data = scene
+    blocks = tmp_path / "blocks"
+    for block_dir in (blocks, None):
+        with pytest.raises(KeyboardInterrupt):
+            _predict(sources, {"X": stack}, tmp_path / "m.tif", fail_after=7, block_dir=block_dir)
+    time.sleep(0.01)
+    write_stack(stack, 1.0 - data)  # same paths, names, size and dates; other values
+    with pytest.raises(AgrifmError, match=r"holds blocks of another run or of inputs changed since \(differs in \['inputs'\]\)"):
+        _predict(sources, {"X": stack}, tmp_path / "m.tif", block_dir=blocks)
+    _predict(sources, {"X": stack}, tmp_path / "m.tif")  # default folder: restarts
+    _predict(sources, {"X": stack}, tmp_path / "fresh.tif")
+    np.testing.assert_array_equal(_map(tmp_path / "m.tif"), _map(tmp_path / "fresh.tif"))
+
+
+def test_a_failed_predict_without_blocks_leaves_nothing_behind(tmp_path: Path, scene) -> None:
+    sources, stack, _ = scene
+    with pytest.raises(KeyboardInterrupt):
+        _predict(sources, {"X": stack}, tmp_path / "m.tif", fail_after=0)
+    assert not (tmp_path / ".m.tif.blocks").exists()
+    with pytest.raises(KeyboardInterrupt):  # an explicit folder that got no block is reused by a changed run
+        _predict(sources, {"X": stack}, tmp_path / "m.tif", fail_after=0, block_dir=tmp_path / "b", window=16)
+    _predict(sources, {"X": stack}, tmp_path / "m.tif", block_dir=tmp_path / "b")
+    assert (tmp_path / "m.tif").exists()
+
+
+def test_a_damaged_block_is_named_removed_and_redone(tmp_path: Path, scene, capsys) -> None:
+    from agrifm.errors import AgrifmError
+    from agrifm.predict.engine import assemble
+
+    sources, stack, _ = scene
+    _predict(sources, {"X": stack}, tmp_path / "ref.tif")
+    blocks = tmp_path / "blocks"
+    _predict(sources, {"X": stack}, tmp_path / "m.tif", block_dir=blocks, finalize=False)
+    victim = sorted(blocks.glob("block_*.npz"))[1]
+    raw = bytearray(victim.read_bytes())
+    raw[60:400] = b"\0" * 340  # bit rot inside the first member
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(AgrifmError, match=rf"block file .*{victim.name} is damaged .* rerun the same predict"):
+        assemble(blocks, tmp_path / "m.tif", quicklook=False)
+    assert not victim.exists() and not (tmp_path / "m.tif").exists()
+    res = _predict(sources, {"X": stack}, tmp_path / "m.tif", block_dir=blocks)
+    assert res.blocks_run == 1
+    np.testing.assert_array_equal(_map(tmp_path / "m.tif"), _map(tmp_path / "ref.tif"))
+    victim = sorted(blocks.glob("block_*.npz"))[0]  # truncated: noticed before the run, redone
+    victim.write_bytes(victim.read_bytes()[:100])
+    res = _predict(sources, {"X": stack}, tmp_path / "m2.tif", block_dir=blocks)
+    assert res.blocks_run == 1
+    np.testing.assert_array_equal(_map(tmp_path / "m2.tif"), _map(tmp_path / "ref.tif"))
+
+
+def test_a_source_missing_over_part_of_the_scene_is_nodata_there(tmp_path: Path, scene) -> None:
+    """The second source covers the left half only: the right half is nodata, not classified
+    with that source's band mean."""
+    from test_bad_inputs import write_stack
+
+    from agrifm.sensors import Source
+
+    sources, stack, data = scene
+    y = Source(name="Y", bands=("B1", "B2"), resolution_m=10.0, units="reflectance", mean=(0.3, 0.3),
+               std=(0.1, 0.1), valid_range=(0.0, 1.0))
+    half = data.copy()
+    half[..., 12:] = -9999.0  # never observed
+    ys = write_stack(tmp_path / "y", half)
+    _predict({"X": sources["X"], "Y": y}, {"X": stack, "Y": ys}, tmp_path / "m.tif")
+    got = _map(tmp_path / "m.tif")
+    assert (got[:, 12:] == 255).all()
+    np.testing.assert_array_equal(got[:, :12], (data[-1, 0, :, :12] > 0.35).astype(np.uint8))
+
+
+def test_nothing_mapped_is_an_error_and_writes_no_map(tmp_path: Path, scene) -> None:
+    from test_bad_inputs import write_stack
+
+    from agrifm.predict.engine import NothingMappedError
+
+    sources, _, data = scene
+    empty = write_stack(tmp_path / "e", np.full_like(data, -9999.0))
+    with pytest.raises(NothingMappedError, match="no pixel of the output area 24x20 px"):
+        _predict(sources, {"X": empty}, tmp_path / "m.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "x"]
+
+
+def test_local_rank_picks_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agrifm.predict.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device(None) == torch.device("cuda", 3)
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device(None) is None and resolve_device("cuda") == torch.device("cuda")

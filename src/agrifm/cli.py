@@ -109,7 +109,8 @@ def report_error(name: str, err: BaseException) -> int:
     elif isinstance(err, OSError):
         message = _os_message(err)
     elif isinstance(err, MemoryError):
-        message = (f"out of memory ({err or 'no detail'}); use smaller windows, batches or blocks "
+        detail = f" ({err})" if str(err) else ""
+        message = (f"out of memory{detail}; use smaller windows, batches or blocks "
                    "(see --help for the size options)")
     else:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
