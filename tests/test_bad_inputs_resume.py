@@ -292,3 +292,37 @@ def test_local_rank_picks_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.delenv("LOCAL_RANK")
     assert resolve_device(None) is None and resolve_device("cuda") == torch.device("cuda")
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def test_fit_killed_then_resumed_continues_from_last(tmp_path: Path, capsys) -> None:
+    """Killed after step 3 (last.ckpt every step, the last at step 2): the run folder is refused without
+    --ckpt_path last; with it training goes on from step 2 to the end."""
+    from lightning.pytorch.callbacks import Callback
+
+    from test_bad_inputs import fit_config, write_table
+
+    from agrifm.checkpoint import read_metadata
+    from agrifm.cli import main as agrifm
+    from agrifm.tasks.cli import AgriFMCLI, default_trainer_settings
+
+    class KillAfter(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step >= 3:  # before ModelCheckpoint saves step 3
+                raise RuntimeError("killed at step 3")  # stands in for a kill (Lightning turns Ctrl-C into exit 1)
+
+    table = write_table(tmp_path / "t.csv")
+    cfg = fit_config(tmp_path / "cfg.yaml", table, tmp_path / "run")
+    args = ["fit", "--config", str(cfg), "--trainer.max_steps", "4", "--last_checkpoint.every_n_train_steps", "1"]
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        AgriFMCLI(args=args, trainer_defaults={**default_trainer_settings(), "callbacks": [KillAfter()]})
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 2
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    code, err = agrifm(args), capsys.readouterr().err
+    assert code == 2 and "holds a run" in err, err
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 2  # untouched
+    assert agrifm([*args, "--ckpt_path", "last"]) == 0
+    assert read_metadata(tmp_path / "run" / "model.safetensors").extra["global_step"] == 4
