@@ -271,7 +271,7 @@ PREDICT = [
     Case("overlap-negative", [*PD, *GOOD, "--overlap", "-1", *OUT], r"--overlap must be in \[0, window/2\]"),
     Case("overlap-too-large", [*PD, *GOOD, "--overlap", "12", *OUT], r"--overlap must be in \[0, window/2\] = \[0, 8\]"),
     Case("window-runaway", [*P, *GOOD, "--window", "100000", *OUT], r"--window 100000 .* needs at least .* GiB"),
-    Case("batch-runaway", [*P, *GOOD, "--window", "4096", "--batch-size", "100000", *OUT], r"--batch-size 100000 .* GiB"),
+    Case("window-runaway-one-window", [*P, *GOOD, "--window", "60000", "--batch-size", "1", *OUT], r"--window 60000 with --batch-size 1 .* GiB"),
     Case("resolution-runaway", [*P, *GOOD, "--resolution", "0.01", *OUT], r"--resolution 0\.01 is over 16x finer"),
     Case("resolution-zero", [*P, *GOOD, "--resolution", "0", *OUT], r"--resolution must be a positive number"),
     Case("resolution-negative", [*P, *GOOD, "--resolution", "-10", *OUT], r"--resolution must be a positive number"),

@@ -35,55 +35,50 @@ def _argv(shards: Path, model: Path, out: Path, *extra: str) -> list[str]:
             "--lr", "1e-3", "--warmup-steps", "1", "--max-steps", "4", *extra]
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_pretrain_resume_is_bit_identical_with_drop_path(tmp_path: Path, workers: str) -> None:
-    from safetensors.torch import load_file
+class StopAt(L.Callback):
+    """Stops training after step 2 (its checkpoint written), as a kill would between steps."""
 
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= 2:
+            trainer.should_stop = True
+
+
+def _straight_and_resumed(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    """Run folders of 4 steps straight, and of 2 steps then ``--resume`` to 4."""
     from agrifm.pretrain.cli import parse_args, run
 
     shards = write_shards(tmp_path / "shards" / "X", samples=8)
     model = tmp_path / "tiny.yaml"
     model.write_text(json.dumps(TINY_DROP))
-
-    class StopAt(L.Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if trainer.global_step >= 2:
-                trainer.should_stop = True
-
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    run(parse_args(_argv(shards, model, straight, "--workers", workers)))
-    run(parse_args(_argv(shards, model, broken, "--workers", workers)), callbacks=[StopAt()])
+    run(parse_args(_argv(shards, model, straight, *extra)))
+    run(parse_args(_argv(shards, model, broken, *extra)), callbacks=[StopAt()])
     rows = (broken / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]  # the checkpoint step's row is there
-    run(parse_args(_argv(shards, model, broken, "--workers", workers, "--resume")))
-    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    run(parse_args(_argv(shards, model, broken, *extra, "--resume")))
+    return straight, broken
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_pretrain_resume_is_bit_identical_with_drop_path(tmp_path: Path, workers: str) -> None:
+    straight, broken = _straight_and_resumed(tmp_path, "--workers", workers)
+    assert _same_weights(straight, broken)
     assert (straight / "metrics.csv").read_text() == (broken / "metrics.csv").read_text()
 
 
 def test_pretrain_resume_differs_without_the_random_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check above can fail: dropping the saved random state changes the resumed weights."""
-    from safetensors.torch import load_file
-
     from agrifm.pretrain import task
-    from agrifm.pretrain.cli import parse_args, run
 
-    shards = write_shards(tmp_path / "shards" / "X", samples=8)
-    model = tmp_path / "tiny.yaml"
-    model.write_text(json.dumps(TINY_DROP))
-
-    class StopAt(L.Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if trainer.global_step >= 2:
-                trainer.should_stop = True
-
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    run(parse_args(_argv(shards, model, straight)))
-    run(parse_args(_argv(shards, model, broken)), callbacks=[StopAt()])
     monkeypatch.setattr(task, "set_rng_state", lambda state: torch.manual_seed(12345))
-    run(parse_args(_argv(shards, model, broken, "--resume")))
-    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
-    assert not all(torch.equal(a[k], b[k]) for k in a)
+    assert not _same_weights(*_straight_and_resumed(tmp_path))
 
 
 def test_ensemble_workers_die_with_their_parent(tmp_path: Path) -> None:

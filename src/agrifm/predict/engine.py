@@ -773,14 +773,16 @@ def available_memory() -> int:
 
 def memory_estimate(readers: Sequence[_Reader], tg: TileGrid, num_classes: int, batch_size: int) -> int:
     """A lower bound of the bytes one batch and one block need: source reads and their
-    gap-filled copies (x2 with prefetching), probabilities, the block's accumulator."""
+    gap-filled copies (x2 with prefetching), probabilities, the block's accumulator. A batch
+    holds at most one block's windows, a block at most the scene."""
     per_window = sum(int(np.sum(r.stack.dates <= r.until) if r.until is not None else len(r.stack.dates))
                      * max(1, len(r.bands or r.stack.bands))
                      * r.shape[0] * r.shape[1] * 4 * 3 for r in readers)
     probs = num_classes * tg.window**2 * 4 * 2
-    side = tg.block_size + tg.window
-    acc = side * side * (num_classes + 2) * 4
-    return 2 * batch_size * per_window + batch_size * probs + acc + tg.window**2 * 4
+    per_side = math.ceil(tg.block_size / tg.stride)  # a batch never spans two blocks
+    batch = min(batch_size, min(per_side, len(tg.row_starts)) * min(per_side, len(tg.col_starts)))
+    acc = min(tg.block_size + tg.window, tg.height) * min(tg.block_size + tg.window, tg.width) * (num_classes + 2) * 4
+    return 2 * batch * per_window + batch * probs + acc + tg.window**2 * 4
 
 
 def _check_memory(readers: Sequence[_Reader], tg: TileGrid, num_classes: int, batch_size: int) -> None:
