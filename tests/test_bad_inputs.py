@@ -563,6 +563,8 @@ def test_saved_models_get_ordinary_permissions(tmp_path: Path) -> None:
     (IsADirectoryError(21, "Is a directory", "/data"), 2, "agrifm stats: error: is a directory: /data"),
     (OSError(28, "No space left on device"), 2, "agrifm stats: error: [Errno 28] No space left on device"),
     (MemoryError(), 2, "agrifm stats: error: out of memory; use smaller windows, batches or blocks"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2,
+     "agrifm stats: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); use smaller"),
 ])
 def test_dispatcher_turns_environment_errors_into_one_line(exc, code, line, monkeypatch, capsys) -> None:
     import agrifm.data.stats as stats

@@ -108,7 +108,7 @@ def report_error(name: str, err: BaseException) -> int:
             message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
     elif isinstance(err, OSError):
         message = _os_message(err)
-    elif isinstance(err, MemoryError):
+    elif isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.cuda's is a RuntimeError
         detail = f" ({err})" if str(err) else ""
         message = (f"out of memory{detail}; use smaller windows, batches or blocks "
                    "(see --help for the size options)")
