@@ -644,6 +644,8 @@ def output_paths(out: str | os.PathLike[str], probabilities: bool, quicklook: bo
 
 def _check_outputs(paths: Mapping[str, Path], overwrite: bool) -> None:
     out = paths["map"]
+    if out.suffix.lower() not in (".tif", ".tiff"):  # MAP.png would be the quicklook's name
+        raise InputError(f"--out {out}: the map is a GeoTIFF; give a name ending in .tif")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK | os.X_OK):

@@ -37,7 +37,7 @@ from agrifm.io import write_text_atomic
 from agrifm.pretrain.fractions import NoOverlapError, check_overlap, class_fractions, read_landcover_window
 from agrifm.pretrain.landcover import CLASSES, load_mapping, report_unmapped
 from agrifm.pretrain.shards import ShardWriter
-from agrifm.errors import InputError, user_input
+from agrifm.errors import InputError, require_positive, user_input
 
 __all__ = ["build_pretrain_shards", "chip_offsets", "SpatialSplit", "main"]
 
@@ -395,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"source {name!r} given twice")
         sources[name] = path
     names = list(sources)
+    require_positive(samples_per_shard=a.samples_per_shard, split_block=a.split_block, min_frames=a.min_frames)
+    for option, values in (("chip_size", a.chip_size), ("cell_size", a.cell_size), ("stride", a.stride)):
+        require_positive(**{option: min(_named(values, f"--{option.replace('_', '-')}", names, int).values(), default=None)})
     with user_input():  # the dispatcher prints it (agrifm.cli.report_error)
         summary = _build_from_args(a, sources, names)
     _print_summary(summary)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,8 @@ class AgriFMCLI(LightningCLI):
             self._refuse_replacing_a_run(bool(sub.get("overwrite")))
         for which in ([given] if given else fallback):
             path = find_run_checkpoint(self.trainer, which)
+            if path is not None and not zipfile.is_zipfile(path):  # what torch.save writes
+                raise InputError(f"--ckpt_path {path} is not a Lightning checkpoint (.ckpt)")
             if path is not None:
                 sub["ckpt_path"] = str(path)
                 rank_zero_info(f"checkpoint: {path}")
@@ -240,13 +243,18 @@ class AgriFMCLI(LightningCLI):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``argv`` = ``[fit|validate|test, options...]`` (``agrifm.cli`` passes the command first)."""
-    with user_input():  # the data's checks raise ValueError/KeyError: the dispatcher prints one line
-        if argv is None or list(argv) == sys.argv[1:]:
-            AgriFMCLI()  # LightningCLI reads sys.argv itself
-            return 0
-        with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            AgriFMCLI(args=list(argv))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        with user_input():  # the data's checks raise ValueError/KeyError: the dispatcher prints one line
+            if argv is None or list(argv) == sys.argv[1:]:
+                AgriFMCLI()  # LightningCLI reads sys.argv itself
+                return 0
+            with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                AgriFMCLI(args=list(argv))
+    except MisconfigurationException as err:  # Lightning's word for a bad trainer setting
+        raise InputError(str(err)) from err
     return 0
 
 

@@ -107,6 +107,9 @@ class AgriFMDataModule(L.LightningDataModule):
     def __init__(self, sources: SourcesArg, *, frames: int | None = None, batch_size: int = 4,
                  num_workers: int = 0, compute_stats: bool | list[str] = False, seed: int = 0) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0 or (frames is not None and frames < 1):
+            raise InputError(f"data: batch_size must be >= 1 (got {batch_size}), num_workers >= 0 (got {num_workers}) "
+                             f"and frames >= 1 or null (got {frames})")
         self.source_specs = sources
         self.frames = frames
         self.batch_size = batch_size
