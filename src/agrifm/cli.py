@@ -89,7 +89,7 @@ def report_error(name: str, err: BaseException) -> int:
 
     Our own error types (:class:`agrifm.errors.AgrifmError`), operating-system errors (a
     missing, unreadable or unwritable file, a full disk) and running out of memory are one
-    line, ``agrifm NAME: error: ...``, exit 2; Ctrl-C exits 130 quietly; anything else is a
+    line, ``agrifm NAME: error: ...``, exit 2; Ctrl-C is ``interrupted``, exit 130; anything else is a
     bug: its traceback, then a line saying so, exit 1.
     """
     import traceback
@@ -121,6 +121,7 @@ def report_error(name: str, err: BaseException) -> int:
         return 1
     print(f"agrifm {name}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
