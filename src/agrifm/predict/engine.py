@@ -966,7 +966,7 @@ def predict_scene(
                 "kind": predictor.kind, "class_names": list(predictor.class_names),
                 "class_colors": [list(c) for c in predictor.class_colors], "probabilities": probabilities,
                 "tags": tags, "subtitle": _subtitle(readers), "inputs": input_fingerprint(stacks)},
-               restart=default_dir)
+               restart=default_dir and world_size == 1)  # ranks sharing a folder never delete each other's blocks
 
     mine = tg.blocks[rank::world_size]
     todo = [b for b in mine if not store.check(b)]
