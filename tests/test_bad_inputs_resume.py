@@ -321,3 +321,44 @@ def test_fit_killed_then_resumed_continues_from_last(tmp_path: Path, capsys) -> 
     assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 2  # untouched
     assert agrifm([*args, "--ckpt_path", "last"]) == 0
     assert read_metadata(tmp_path / "run" / "model.safetensors").extra["global_step"] == 4
+
+
+def test_predict_sigkill_then_rerun_equals_a_straight_run(tmp_path: Path, capsys) -> None:
+    """A real kill (SIGKILL of `agrifm predict` once blocks exist); the same command resumes."""
+    from test_bad_inputs import point_model, source, write_stack
+
+    from agrifm.checkpoint import save_model
+    from agrifm.cli import main as agrifm
+
+    save_model(point_model(), tmp_path / "m.safetensors", task="classification", sources={"X": source()},
+               class_names=["a", "b"])
+    write_stack(tmp_path / "x", np.random.default_rng(2).uniform(0.1, 0.6, (3, 2, 160, 160)))
+    argv = ["predict", "--checkpoint", str(tmp_path / "m.safetensors"), "--source", f"X={tmp_path / 'x'}",
+            "--device", "cpu", "--window", "8", "--overlap", "0", "--block-size", "16", "--batch-size", "1",
+            "--no-progress", "--no-quicklook"]
+    assert agrifm([*argv, "--out", str(tmp_path / "straight.tif")]) == 0
+    env = dict(os.environ, AGRIFM_NO_TCMALLOC="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH")])))
+    out = tmp_path / "m.tif"
+    blocks = tmp_path / ".m.tif.blocks"
+    proc = subprocess.Popen([sys.executable, "-m", "agrifm.cli", *argv, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list(blocks.glob("block_*.npz"))) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if out.exists():
+        pytest.skip("the run finished before it could be killed (a fast machine)")
+    done = len(list(blocks.glob("block_*.npz")))
+    assert done >= 3
+    capsys.readouterr()
+    assert agrifm([*argv, "--out", str(out)]) == 0
+    assert f", {done} already done," in capsys.readouterr().out
+    np.testing.assert_array_equal(_map(out), _map(tmp_path / "straight.tif"))
+    assert not blocks.exists()
