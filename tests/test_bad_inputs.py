@@ -643,9 +643,12 @@ def test_fit_overwrite_starts_afresh(world: Path, tmp_path: Path, capsys) -> Non
     cfg = fit_config(tmp_path / "cfg.yaml", world / "table.csv", tmp_path / "run")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.safetensors").write_text("an earlier run\n")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "best.ckpt").write_text("an earlier run's best\n")
     assert agrifm(["fit", "--config", str(cfg)]) == 2
     assert (tmp_path / "run" / "model.safetensors").read_text() == "an earlier run\n"
-    assert agrifm(["fit", "--config", str(cfg), "--overwrite"]) == 0
+    assert agrifm(["fit", "--config", str(cfg), "--overwrite", "--trainer.limit_val_batches", "0"]) == 0
+    assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # not the earlier run's
     from agrifm.checkpoint import read_metadata
 
     assert read_metadata(tmp_path / "run" / "model.safetensors").class_names == ["a", "b"]

@@ -182,7 +182,9 @@ class AgriFMCLI(LightningCLI):
             raise OutputExistsError(f"run folder {self.run_dir} holds a run ({held[0]}): pass --ckpt_path last to "
                                     "continue it, --overwrite to start afresh and replace it, or another "
                                     "--trainer.default_root_dir")
-        rank_zero_warn(f"--overwrite: this run starts afresh and replaces {', '.join(map(str, held))}")
+        rank_zero_warn(f"--overwrite: this run starts afresh; removed {', '.join(map(str, held))}")
+        for path in held:  # a stale best.ckpt would otherwise be what 'test' evaluates later
+            Path(path).unlink(missing_ok=True)
 
     def _check_class_names(self) -> None:
         """Data that name their classes (points, tables) must agree with the model's class order."""
