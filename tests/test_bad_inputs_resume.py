@@ -362,3 +362,13 @@ def test_predict_sigkill_then_rerun_equals_a_straight_run(tmp_path: Path, capsys
     assert f", {done} already done," in capsys.readouterr().out
     np.testing.assert_array_equal(_map(out), _map(tmp_path / "straight.tif"))
     assert not blocks.exists()
+
+
+def test_the_mapped_area_leaves_out_nodata(tmp_path: Path, scene, capsys) -> None:
+    from test_bad_inputs import write_stack
+
+    sources, _, data = scene
+    holes = data.copy()
+    holes[..., :, :6] = -9999.0  # a quarter of the 24 columns never observed
+    res = _predict(sources, {"X": write_stack(tmp_path / "h", holes)}, tmp_path / "m.tif")
+    assert res.mapped_km2 == pytest.approx(20 * 18 * 100 / 1e6) and res.area_km2 == pytest.approx(20 * 24 * 100 / 1e6)

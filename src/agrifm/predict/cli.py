@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from agrifm.predict import engine
+    from agrifm.predict.tiling import Rect
 
     if args.assemble:
         if not args.block_dir:
@@ -122,6 +123,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{result.blocks_run} blocks run, {result.blocks_skipped} already done, {result.windows} windows, "
           f"{result.area_km2:.2f} km2 in {result.seconds:.1f} s ({rate:.2f} km2/s)")
     if result.outputs:
+        total = result.grid.area_km2(Rect(0, 0, result.grid.height, result.grid.width))
+        if result.mapped_km2 == result.mapped_km2 and total == total and total > 0:
+            share = 100 * result.mapped_km2 / total
+            print(f"mapped {result.mapped_km2:.2f} of {total:.2f} km2 ({share:.1f} %"
+                  + ("; the rest is nodata: no valid observation in every source)" if share < 99.95 else ")"))
         print("\n".join(f"{k}: {v}" for k, v in result.outputs.items()))
     else:
         print(f"blocks saved in {result.block_dir}; the rank that completes them writes {args.out}")

@@ -688,8 +688,15 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     """Build the COG(s) and quicklook from a complete block folder; returns the written paths.
 
     Sidecars are published first and the class map last, so an existing map means a
-    complete product.
+    complete product. A folder whose blocks hold no mapped pixel is refused
+    (:class:`NothingMappedError`): no map is written.
     """
+    return _assemble(block_dir, out, overwrite=overwrite, quicklook=quicklook)[0]
+
+
+def _assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool,
+              quicklook: bool) -> tuple[dict[str, Path], float]:
+    """:func:`assemble`, also returning the mapped (not nodata) area in km2."""
     from agrifm.predict.quicklook import write_quicklook
 
     store = BlockStore(block_dir)
@@ -730,7 +737,7 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if overwrite:  # sidecars of the replaced map that this run did not write would now lie
         for stale in set(output_paths(out, True, True).values()) - set(paths.values()):
             stale.unlink(missing_ok=True)
-    return paths
+    return paths, mapped * grid.area_km2(Rect(0, 0, 1, 1))
 
 
 # --------------------------------------------------------------------------- refusing runaway requests
@@ -850,8 +857,9 @@ class PredictResult:
     blocks_skipped: int
     windows: int
     seconds: float
-    area_km2: float
+    area_km2: float  # of the blocks this call ran (nodata included): the work done
     grid: OutputGrid = field(repr=False)
+    mapped_km2: float = math.nan  # of the map's pixels that are not nodata (NaN when this call did not assemble)
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -983,10 +991,11 @@ def predict_scene(
     store.mark_rank(rank, world_size)
 
     outputs: dict[str, Path] = {}
+    mapped_km2 = math.nan
     if finalize and all(store.done(b) for b in tg.blocks):
         if world_size == 1 or store.try_lock():  # among ranks, the first to see all blocks assembles
             try:
-                outputs = assemble(store.root, out, overwrite=overwrite, quicklook=quicklook)
+                outputs, mapped_km2 = _assemble(store.root, out, overwrite=overwrite, quicklook=quicklook)
             except NothingMappedError:
                 if default_dir:  # all-nodata blocks are worth nothing to a rerun
                     shutil.rmtree(store.root, ignore_errors=True)
@@ -999,4 +1008,4 @@ def predict_scene(
             log.warning("%s is locked: another rank is assembling %s (or one died doing so: then run "
                         "assemble(%r, %r))", store.root, out, str(store.root), str(out))
     return PredictResult(outputs, store.root, len(todo), len(mine) - len(todo), windows,
-                         time.perf_counter() - t0, sum(grid.area_km2(b.rect) for b in todo), grid)
+                         time.perf_counter() - t0, sum(grid.area_km2(b.rect) for b in todo), grid, mapped_km2)
