@@ -260,6 +260,7 @@ PREDICT = [
     Case("source-band-missing", [*P, "--source", "X={w}/oneband", *OUT], r"band 'B2' not found in .*oneband"),
     Case("band-map-malformed", [*P, *GOOD, "--band-map", "X:B2", *OUT], r"--band-map .*'B2' is not BAND=STORED"),
     Case("band-map-no-colon", [*P, *GOOD, "--band-map", "B2=B1", *OUT], r"--band-map expects NAME:BAND=STORED"),
+    Case("band-map-unknown-source", [*P, *GOOD, "--band-map", "S2:B2=B1", *OUT], r"--band-map S2: not a source of this run \(\['X'\]\)"),
     Case("band-map-stored-missing", [*P, "--source", "X={w}/oneband", "--band-map", "X:B2=B9", *OUT], r"B9|B2"),
     Case("until-before-first", [*P, *GOOD, "--until-date", "2020-01-01", *OUT], r"no frame on or before 2020-01-01"),
     Case("until-not-a-date", [*P, *GOOD, "--until-date", "soon", *OUT], r"--until-date 'soon' is not a date"),
@@ -376,6 +377,9 @@ PRETRAIN = [
     Case("pretrain-model-unknown-key", [*R, "--out", "{t}/run", "--model", "{w}/badkey.yaml"], r"no_such_setting"),
     Case("pretrain-val-unknown-source", [*R, "--out", "{t}/run", "--val-data", "{t}/val/Y"], r"--val-data has source\(s\) \['Y'\]",
          lambda w, t: (_tiny(w, t), write_shards(t / "val" / "Y", samples=2)) and None),
+    Case("pretrain-more-ranks-than-shards", [*R, "--out", "{t}/run", "--devices", "3", "--precision", "32-true"],
+         r"2 shards cannot feed 3 ranks", _tiny),
+    Case("pretrain-ema-out-of-range", [*R, "--out", "{t}/run", "--ema-momentum", "2"], r"ema_momentum must be in \[0, 1\], got 2", _tiny),
     Case("pretrain-frames-longer-than-series", [*R, "--out", "{t}/run", "--frames", "40"], r"no full batch .* series were shorter than --frames", _tiny),
 ]
 

@@ -106,6 +106,8 @@ def report_error(name: str, err: BaseException) -> int:
         if "Original Traceback" in message:  # re-raised from a DataLoader worker: its last line is the message
             last = message.strip().splitlines()[-1]
             message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    elif type(err).__name__ == "MisconfigurationException":  # Lightning's word for a bad trainer setting
+        message = str(err)
     elif isinstance(err, OSError):
         message = _os_message(err)
     elif isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.cuda's is a RuntimeError

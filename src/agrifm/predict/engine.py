@@ -951,7 +951,12 @@ def predict_scene(
     except (ValueError, TypeError) as e:
         raise InputError(f"--until-date {until!r} is not a date YYYY-MM-DD ({e})") from None
     names = _canonical_names(predictor, list(sources))
-    maps = {names.get(k, k): v for k, v in (band_map or {}).items()}
+    by_alias = {alias.lower(): key for key, src in predictor.sources.items() for alias in (key, src.name, *src.aliases)}
+    unknown = [k for k in band_map or {} if names.get(k, by_alias.get(k.lower())) not in set(names.values())]
+    if unknown:
+        raise InputError(f"--band-map {unknown[0]}: not a source of this run ({list(sources)}); "
+                         "a band map names a --source")
+    maps = {names.get(k, by_alias.get(k.lower(), k)): v for k, v in (band_map or {}).items()}
     stacks = {names[n]: _open(names[n], v, predictor.sources[names[n]], maps.get(names[n]))
               for n, v in sources.items()}
     stacks = {k: stacks[k] for k in predictor.sources}  # model order

@@ -245,18 +245,13 @@ class AgriFMCLI(LightningCLI):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``argv`` = ``[fit|validate|test, options...]`` (``agrifm.cli`` passes the command first)."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    try:
-        with user_input():  # the data's checks raise ValueError/KeyError: the dispatcher prints one line
-            if argv is None or list(argv) == sys.argv[1:]:
-                AgriFMCLI()  # LightningCLI reads sys.argv itself
-                return 0
-            with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
-                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                AgriFMCLI(args=list(argv))
-    except MisconfigurationException as err:  # Lightning's word for a bad trainer setting
-        raise InputError(str(err)) from err
+    with user_input():  # the data's checks raise ValueError/KeyError: the dispatcher prints one line
+        if argv is None or list(argv) == sys.argv[1:]:
+            AgriFMCLI()  # LightningCLI reads sys.argv itself
+            return 0
+        with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            AgriFMCLI(args=list(argv))
     return 0
 
 
