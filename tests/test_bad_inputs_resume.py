@@ -372,3 +372,15 @@ def test_the_mapped_area_leaves_out_nodata(tmp_path: Path, scene, capsys) -> Non
     holes[..., :, :6] = -9999.0  # a quarter of the 24 columns never observed
     res = _predict(sources, {"X": write_stack(tmp_path / "h", holes)}, tmp_path / "m.tif")
     assert res.mapped_km2 == pytest.approx(20 * 18 * 100 / 1e6) and res.area_km2 == pytest.approx(20 * 24 * 100 / 1e6)
+
+
+def test_a_constant_centre_is_not_a_constant_cube(tmp_path: Path, scene) -> None:
+    """Only a cube constant everywhere sampled is refused: a uniform patch at the centre maps."""
+    from test_bad_inputs import write_stack
+
+    sources = scene[0]
+    data = np.random.default_rng(3).uniform(0.1, 0.6, (3, 2, 300, 300))
+    data[..., 80:220, 80:220] = 0.3  # the 128-px centre sample sees only this
+    _predict(sources, {"X": write_stack(tmp_path / "p", data)}, tmp_path / "m.tif", window=64, block_size=128,
+             batch_size=8)
+    assert (_map(tmp_path / "m.tif") != 255).all()

@@ -236,11 +236,13 @@ class _Reader:
         v = F.interpolate(v, size=(self.window, self.window), mode="nearest")[:, 0] > 0.5
         return torch.stack(xs), v
 
-    def sample_values(self, size: int = 128) -> np.ndarray:
-        """Finite values of a ``size``-px native window at the centre of the mapped area."""
+    def sample_values(self, size: int = 128, at: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        """Finite values of a ``size``-px native window at ``at`` (fractions of x, y; default the
+        centre) of the mapped area."""
         l, b, r, t = self.grid.bounds
         sl, sb, sr, st = _footprint(self.stack, self.grid.crs)
-        cx, cy = (max(l, sl) + min(r, sr)) / 2, (max(b, sb) + min(t, st)) / 2
+        cx = max(l, sl) + at[0] * (min(r, sr) - max(l, sl))
+        cy = max(b, sb) + at[1] * (min(t, st) - max(b, sb))
         (x,), (y,) = rasterio.warp.transform(self.grid.crs, self.stack.crs, [cx], [cy])
         col, row = ~self.stack.transform @ (x, y)
         w = Window(int(col) - size // 2, int(row) - size // 2, size, size)
@@ -331,7 +333,10 @@ def units_problem(values: np.ndarray, source: Source) -> str | None:
 
 def _check_units(reader: _Reader) -> None:
     values = reader.sample_values()
-    if values.size > 1 and float(values.min()) == float(values.max()):
+    if values.size > 1 and float(values.min()) == float(values.max()) and all(  # constant beyond the centre too
+            float(v.min()) == float(values[0]) == float(v.max())
+            for v in (reader.sample_values(32, at) for at in ((0.2, 0.2), (0.8, 0.2), (0.2, 0.8), (0.8, 0.8)))
+            if v.size):
         raise InputError(f"source {reader.name!r} ({reader.stack.path}): every sampled value is {float(values[0]):g} "
                          "(all bands and dates): a constant cube holds nothing to map; is nodata declared?")
     why = units_problem(values, reader.source)
