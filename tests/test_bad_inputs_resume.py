@@ -66,9 +66,10 @@ def _same_weights(a: Path, b: Path) -> bool:
     return all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_pretrain_resume_is_bit_identical_with_drop_path(tmp_path: Path, workers: str) -> None:
-    straight, broken = _straight_and_resumed(tmp_path, "--workers", workers)
+@pytest.mark.parametrize("workers, validate", [("0", False), ("1", True)])
+def test_pretrain_resume_is_bit_identical_with_drop_path(tmp_path: Path, workers: str, validate: bool) -> None:
+    val = ("--val-data", str(write_shards(tmp_path / "val" / "X", samples=4)), "--val-every", "2") if validate else ()
+    straight, broken = _straight_and_resumed(tmp_path, "--workers", workers, *val)
     assert _same_weights(straight, broken)
     assert (straight / "metrics.csv").read_text() == (broken / "metrics.csv").read_text()
 
