@@ -483,7 +483,6 @@ def _api_cases():
     from agrifm.data.stack import open_stack
     from agrifm.data.stats import band_stats
     from agrifm.data.tables import read_table
-    from agrifm.models.presets import preset
     from agrifm.predict.engine import predict_scene
     from agrifm.sensors import get_source
 
@@ -514,7 +513,6 @@ def _api_cases():
                                          read_table(t / "t.csv")), ValueError, r"'label'\] missing"),
         ("stack-empty-folder", lambda w, t: open_stack(w / "empty"), FileNotFoundError, r"no GeoTIFF"),
         ("unknown-source", lambda w, t: get_source("NOPE"), KeyError, r"unknown source 'NOPE'"),
-        ("unknown-preset", lambda w, t: preset("NOPE"), KeyError, r"unknown model preset 'NOPE'"),
     ]
 
 

@@ -144,7 +144,12 @@ def read_metadata(path: str | Path) -> CheckpointMeta:
         raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
     if "agrifm" not in meta:
         raise InputError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
-    return CheckpointMeta.from_json(meta["agrifm"], str(path))
+    try:
+        return CheckpointMeta.from_json(meta["agrifm"], str(path))
+    except (ValueError, KeyError, TypeError) as exc:  # a model config or description this version cannot use
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{path}: unusable agrifm metadata ({exc.args[0] if exc.args else exc})") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM | Ensemble:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-from agrifm.errors import InputError
 
 __all__ = ["ModelConfig", "level_shapes"]
 
@@ -64,13 +63,13 @@ class ModelConfig:
         if self.out_size is not None:
             self.out_size = tuple(self.out_size)
         if self.head not in HEADS:
-            raise InputError(f"head {self.head!r}: expected one of {HEADS}")
+            raise ValueError(f"head {self.head!r}: expected one of {HEADS}")
         if not self.sources:
-            raise InputError("a model needs at least one source")
+            raise ValueError("a model needs at least one source")
         if self.in_feature_key is not None:
             unknown = [s for s in self.in_feature_key if s not in self.sources]
             if unknown:
-                raise InputError(f"in_feature_key names unknown sources {unknown}; sources: {list(self.sources)}")
+                raise ValueError(f"in_feature_key names unknown sources {unknown}; sources: {list(self.sources)}")
 
     @property
     def decoder_sources(self) -> list[str]:
@@ -88,7 +87,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise InputError(f"unsupported model config keys {unknown}; supported: {sorted(known)}")
+            raise ValueError(f"unsupported model config keys {unknown}; supported: {sorted(known)}")
         return cls(**d)
 
 

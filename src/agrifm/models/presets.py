@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from agrifm.models.config import ModelConfig
-from agrifm.errors import NameNotFoundError
 
 __all__ = ["PRESETS", "preset"]
 
@@ -27,5 +26,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """A :class:`ModelConfig` from a named preset plus overrides."""
     if name not in PRESETS:
-        raise NameNotFoundError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+        raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
     return ModelConfig.from_dict({**PRESETS[name], **overrides})
