@@ -291,7 +291,7 @@ PREDICT = [
     Case("out-probs-exists", [*P, *GOOD, *OUT, "--probabilities"], r"map_probs\.tif exists", _touch("map_probs.tif")),
     Case("out-png", [*P, *GOOD, "--out", "{t}/map.png"], r"--out .*map\.png: the map is a GeoTIFF; give a name ending in \.tif"),
     Case("out-no-suffix", [*P, *GOOD, "--out", "{t}/map"], r"--out .*map: the map is a GeoTIFF"),
-    Case("out-folder-missing", [*P, *GOOD, "--out", "{t}/no/such/map.tif"], r"output folder .*no/such does not exist"),
+    Case("out-folder-is-a-file", [*P, *GOOD, "--out", "{w}/text.tif/map.tif"], r"text\.tif"),
     Case("out-is-a-folder", [*P, *GOOD, "--out", "{t}/map.tif"], r"is a directory.*map\.tif", _mkdir("map.tif")),
     Case("all-nodata", [*P, "--source", "X={w}/nodata", *OUT], r"no pixel of the output area .* valid data .* no map written"),
     Case("all-nan", [*P, "--source", "X={w}/nan", *OUT], r"no pixel of the output area .* no map written"),
