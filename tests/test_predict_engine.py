@@ -296,7 +296,9 @@ def test_cli_parses_and_runs_with_a_stub_loader(tmp_path: Path, monkeypatch: pyt
     assert seen == {"path": str(ckpt), "device": "cpu"}
     with rasterio.open(tmp_path / "m.tif") as ds:
         assert ds.tags()["CHECKPOINT_SHA256"] == checkpoint.file_sha256(ckpt)
-    assert cli.main(argv) == 1  # exists, no --overwrite
+    from agrifm.cli import main as agrifm_main
+
+    assert agrifm_main(["predict", *argv]) == 2  # exists, no --overwrite: one line, exit 2
     assert cli.parse_band_maps(["S2:B8A=B08,B01=B02"]) == {"S2": {"B8A": "B08", "B01": "B02"}}
     with pytest.raises(ValueError, match="NAME=PATH"):
         cli.parse_sources(["S2"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from agrifm.checkpoint import load_model, read_metadata
 from agrifm.cli import main as agrifm
 from agrifm.tasks.cli import AgriFMCLI, default_trainer_settings
+from agrifm.tasks.cli import main as tasks_main
 from conftest import DATA, DEMO_DATA, ROOT, need
 from test_tasks_datamodules import S2_9, aggregate_stack
 
@@ -149,15 +151,15 @@ def test_help_and_example_configs_parse(tmp_path, capsys):
         assert printed["model"]["class_path"].startswith("agrifm.tasks."), config
 
 
-def test_missing_checkpoint_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no best.ckpt in .*checkpoints"):
-        agrifm(_args("test", CONFIGS / "pastis_s2.yaml", tmp_path, *_pastis(), "--ckpt_path", "best"))
+def test_missing_checkpoint_is_named(tmp_path, capsys):
+    assert agrifm(_args("test", CONFIGS / "pastis_s2.yaml", tmp_path, *_pastis(), "--ckpt_path", "best")) == 2
+    assert re.search(r"agrifm test: error: no best.ckpt in .*checkpoints", capsys.readouterr().err)
 
 
 def test_class_order_must_match_the_data(tmp_path):
     cube = need(DEMO_DATA / "mato_grosso_modis" / "sinop_cube")
     with pytest.raises(ValueError, match=r"data's classes \['Cerrado', 'Forest'.* differ from the model's"):
-        agrifm(_args("fit", CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
+        tasks_main(_args("fit", CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
                      json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
                      str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
                      "--model.init_args.class_names", '["Forest", "Cerrado", "Pasture", "Soy_Corn"]'))

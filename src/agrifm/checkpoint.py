@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +22,7 @@ from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
 from agrifm.models.ensemble import Ensemble
 from agrifm.sensors import Source, get_source
+from agrifm.errors import InputError
 
 __all__ = ["save_model", "load_model", "read_metadata", "file_sha256", "default_colors", "CheckpointMeta",
            "load_predictor", "ModelPredictor"]
@@ -54,16 +56,16 @@ class CheckpointMeta:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r}: expected one of {TASKS}")
+            raise InputError(f"task {self.task!r}: expected one of {TASKS}")
         if not isinstance(self.members, int) or self.members < 1:
-            raise ValueError(f"members {self.members!r}: expected a positive whole number")
+            raise InputError(f"members {self.members!r}: expected a positive whole number")
         if not self.class_colors:
             self.class_colors = default_colors(len(self.class_names))
         for name, n in self.model.sources.items():
             if name not in self.sources:
-                raise ValueError(f"model source {name!r} has no source description (bands, normalisation)")
+                raise InputError(f"model source {name!r} has no source description (bands, normalisation)")
             if self.sources[name].num_bands != n:
-                raise ValueError(f"source {name!r}: model takes {n} bands, description lists {self.sources[name].bands}")
+                raise InputError(f"source {name!r}: model takes {n} bands, description lists {self.sources[name].bands}")
 
     def to_json(self) -> str:
         return json.dumps({
@@ -77,7 +79,7 @@ class CheckpointMeta:
     def from_json(cls, text: str, where: str = "checkpoint") -> "CheckpointMeta":
         d = json.loads(text)
         if d.get("format") != FORMAT:
-            raise ValueError(f"{where}: not an agrifm checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+            raise InputError(f"{where}: not an agrifm checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
         return cls(
             task=d["task"], model=ModelConfig.from_dict(d["model"]),
             sources={k: Source.from_dict(v) for k, v in d["sources"].items()},
@@ -104,14 +106,29 @@ def save_model(
         model = model.members[0]  # one member is a plain model, stored as one
     members = len(model) if isinstance(model, Ensemble) else 1
     if members > 1 and task not in ENSEMBLE_TASKS:
-        raise ValueError(f"an ensemble checkpoint needs a task whose output is class probabilities {ENSEMBLE_TASKS}, not {task!r}")
+        raise InputError(f"an ensemble checkpoint needs a task whose output is class probabilities {ENSEMBLE_TASKS}, not {task!r}")
     sources = dict(sources or {name: get_source(name) for name in model.config.sources})
     meta = CheckpointMeta(task, model.config, sources, list(class_names), list(class_colors or []), frames,
                           dict(extra or {}), members)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise InputError(f"{path}: not saved: weights {bad[:5]} hold NaN/inf values (a diverged training run?)")
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={"agrifm": meta.to_json()})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; outputs get ordinary permissions
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def read_metadata(path: str | Path) -> CheckpointMeta:
@@ -124,10 +141,15 @@ def read_metadata(path: str | Path) -> CheckpointMeta:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable .safetensors file ({exc})") from None
+        raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
     if "agrifm" not in meta:
-        raise ValueError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
-    return CheckpointMeta.from_json(meta["agrifm"], str(path))
+        raise InputError(f"{path}: a .safetensors file without agrifm metadata (convert published weights with 'agrifm convert')")
+    try:
+        return CheckpointMeta.from_json(meta["agrifm"], str(path))
+    except (ValueError, KeyError, TypeError) as exc:  # a model config or description this version cannot use
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{path}: unusable agrifm metadata ({exc.args[0] if exc.args else exc})") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM | Ensemble:
@@ -137,10 +159,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AgriFM |
 
     meta = read_metadata(path)
     model = Ensemble.build(meta.model, meta.members) if meta.members > 1 else AgriFM(meta.model)
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors' own errors: a truncated or damaged file
+        raise InputError(f"{path}: damaged weights ({type(exc).__name__}: {exc})") from None
+    bad = _non_finite(state)
+    if bad:
+        raise InputError(f"{path}: weights {bad[:5]}{' ...' if len(bad) > 5 else ''} ({len(bad)} tensors) hold "
+                         "NaN/inf values: a damaged or diverged checkpoint; use another copy or retrain")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "
+        raise InputError(f"{path}: weights do not match the stored config (missing {result.missing_keys[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]})")
     model.meta = meta
     return model.to(device).eval()
@@ -160,7 +189,7 @@ class ModelPredictor:
     def __init__(self, model: AgriFM | Ensemble, device: str | torch.device = "cpu", precision: str = "auto") -> None:
         meta: CheckpointMeta = model.meta
         if meta.task == "pretrain":
-            raise ValueError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")
+            raise InputError("this checkpoint is a pre-training encoder: fine-tune it before mapping ('agrifm fit')")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.sources = meta.sources
@@ -187,7 +216,7 @@ class ModelPredictor:
             dates = {k: (d if d.ndim == 2 else d[None].expand(inputs[k].shape[0], -1)).to(self.device)
                      for k, d in dates.items() if k in inputs}
         elif self.uses_dates:
-            raise ValueError("this checkpoint encodes acquisition dates: pass dates={source: days since 1970-01-01}")
+            raise InputError("this checkpoint encodes acquisition dates: pass dates={source: days since 1970-01-01}")
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(inputs, dates)
         logits = logits.float()

@@ -68,16 +68,64 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"agrifm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from agrifm.errors import AgrifmError
-
     try:
         module = importlib.import_module(COMMANDS[name][0])
         if COMMANDS[name][0] == "agrifm.tasks.cli":
             return int(module.main([name, *rest]) or 0)
         return int(module.main(rest) or 0)
-    except AgrifmError as err:
-        print(f"agrifm {name}: error: {err}", file=sys.stderr)
-        return 2
+    except BaseException as err:  # noqa: BLE001 - the one place errors become messages
+        return report_error(name, err)
+
+
+def _os_message(err: OSError) -> str:
+    """``[Errno 13] Permission denied: 'x'`` -> ``permission denied: x``, naming the file(s)."""
+    what = (err.strerror or type(err).__name__).rstrip(".")
+    files = [str(f) for f in (err.filename, err.filename2) if f is not None]
+    if not files:
+        return str(err) or what
+    text = f"{what[:1].lower()}{what[1:]}: {' -> '.join(files)}"
+    return text if not err.args or str(err.args[-1]) == err.strerror else str(err)
+
+
+def report_error(name: str, err: BaseException) -> int:
+    """The dispatcher's one error handler: the exit code for ``err``, after printing what it means.
+
+    Our own error types (:class:`agrifm.errors.AgrifmError`), operating-system errors (a
+    missing, unreadable or unwritable file, a full disk) and running out of memory are one
+    line, ``agrifm NAME: error: ...``, exit 2; Ctrl-C is ``interrupted``, exit 130; anything else is a
+    bug: its traceback, then a line saying so, exit 1.
+    """
+    import traceback
+
+    from agrifm.errors import AgrifmError
+
+    if isinstance(err, SystemExit):  # argparse, --help: as they meant
+        raise err
+    if isinstance(err, KeyboardInterrupt):
+        print(f"agrifm {name}: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(err, AgrifmError):
+        message = str(err)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: its last line is the message
+            last = message.strip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    elif type(err).__name__ == "MisconfigurationException":  # Lightning's word for a bad trainer setting
+        message = str(err)
+    elif isinstance(err, OSError):
+        message = _os_message(err)
+    elif isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.cuda's is a RuntimeError
+        detail = f" ({err})" if str(err) else ""
+        message = (f"out of memory{detail}; use smaller windows, batches or blocks "
+                   "(see --help for the size options)")
+    else:
+        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+        print(f"agrifm {name}: internal error ({type(err).__name__}): this is a bug in agrifm, not in "
+              f"your input; please report it to the agrifm maintainers (the project's issue tracker) with "
+              "the command line, 'agrifm --version' and the traceback above",
+              file=sys.stderr)
+        return 1
+    print(f"agrifm {name}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from agrifm.errors import InputError, NameNotFoundError
 
 __all__ = ["Source", "register_source", "get_source", "list_sources", "SOURCES"]
 
@@ -35,11 +36,11 @@ class Source:
     def __post_init__(self) -> None:
         n = len(self.bands)
         if len(self.mean) != n or len(self.std) != n:
-            raise ValueError(
+            raise InputError(
                 f"source {self.name!r}: {n} bands but {len(self.mean)} means and {len(self.std)} stds"
             )
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"source {self.name!r}: std must be positive, got {self.std}")
+            raise InputError(f"source {self.name!r}: std must be positive, got {self.std}")
 
     @property
     def num_bands(self) -> int:
@@ -77,7 +78,7 @@ SOURCES: dict[str, Source] = {}
 def register_source(source: Source, *, overwrite: bool = False) -> Source:
     """Add a source to the registry (``overwrite`` to replace one of the same name)."""
     if source.name in SOURCES and not overwrite and SOURCES[source.name] != source:
-        raise ValueError(f"source {source.name!r} is already registered; pass overwrite=True")
+        raise InputError(f"source {source.name!r} is already registered; pass overwrite=True")
     SOURCES[source.name] = source
     return source
 
@@ -89,7 +90,7 @@ def get_source(name: str) -> Source:
     for s in SOURCES.values():
         if name in s.aliases:
             return s
-    raise KeyError(f"unknown source {name!r}; known sources: {sorted(SOURCES)} (register_source adds one)")
+    raise NameNotFoundError(f"unknown source {name!r}; known sources: {sorted(SOURCES)} (register_source adds one)")
 
 
 def list_sources() -> list[str]:

@@ -16,6 +16,7 @@ from rasterio.coords import BoundingBox, disjoint_bounds
 from rasterio.windows import Window
 
 from agrifm.data.stack import ResamplingName, Stack, StackArray
+from agrifm.errors import InputError
 
 __all__ = ["footprint", "paired_windows"]
 
@@ -28,7 +29,7 @@ def footprint(stack: Stack, window: Window) -> BoundingBox:
 def _check_overlap(name: str, other: Stack, ref: Stack, bounds: BoundingBox) -> None:
     theirs = rasterio.warp.transform_bounds(ref.crs, other.crs, *bounds, densify_pts=21)
     if disjoint_bounds(theirs, other.bounds):
-        raise ValueError(
+        raise InputError(
             f"source {name!r} ({other.path}) does not overlap the window {tuple(bounds)} of "
             f"{ref.path}: window in its CRS {tuple(round(v, 3) for v in theirs)}, "
             f"its bounds {tuple(round(v, 3) for v in other.bounds)}"

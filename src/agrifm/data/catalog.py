@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from agrifm.errors import InputError
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -103,7 +105,7 @@ def _probe(path: Path) -> RasterInfo:
                 width=src.width, height=src.height,
             )
     except rasterio.errors.RasterioError as e:
-        raise ValueError(f"cannot read raster {path}: {e}") from e
+        raise InputError(f"cannot read raster {path}: {e}") from e
 
 
 def _same_grid(a: RasterInfo, b: RasterInfo) -> bool:
@@ -117,7 +119,7 @@ def check_grid(rasters: Sequence[RasterInfo], what: str = "stack") -> RasterInfo
     first = rasters[0]
     for r in rasters[1:]:
         if not _same_grid(first, r):
-            raise ValueError(
+            raise InputError(
                 f"{what}: {r.path} and {first.path} are on different grids: "
                 f"{r.crs} {r.width}x{r.height} {tuple(r.transform)[:6]} vs "
                 f"{first.crs} {first.width}x{first.height} {tuple(first.transform)[:6]}"
@@ -137,7 +139,7 @@ def list_rasters(path: PathLike | Sequence[PathLike]) -> list[Path]:
     else:
         paths = [Path(f) for f in path]
         if not paths:
-            raise ValueError("open_stack: empty list of files")
+            raise InputError("open_stack: empty list of files")
     for f in paths:
         if not f.is_file():
             raise FileNotFoundError(f"raster {f} does not exist")
@@ -161,7 +163,7 @@ class _Catalog:
     def add(self, when: np.datetime64, band: str, ref: BandRef) -> None:
         slot = self.entries.setdefault(when, {})
         if band in slot:
-            raise ValueError(
+            raise InputError(
                 f"{self.origin}: band {band!r} at {when} is stored twice: "
                 f"{slot[band][0].path} and {ref[0].path}"
             )
@@ -205,7 +207,7 @@ def _single_band_names(named: list[tuple[RasterInfo, list[str]]], bands: Sequenc
         elif toks:
             names.append(toks[-1])
         else:
-            raise ValueError(f"cannot tell the band of {raster.path}: no band name in the file name "
+            raise InputError(f"cannot tell the band of {raster.path}: no band name in the file name "
                              "or description; pass bands=[NAME]")
     return names
 
@@ -216,7 +218,7 @@ def _multi_band_names(r: RasterInfo, bands: Sequence[str] | None) -> list[str]:
         return list(r.descriptions)  # type: ignore[arg-type]
     if bands is not None and len(bands) == r.count:
         return list(bands)
-    raise ValueError(f"{r.path} has {r.count} bands without descriptions; pass bands= with "
+    raise InputError(f"{r.path} has {r.count} bands without descriptions; pass bands= with "
                      f"{r.count} names in file order")
 
 
@@ -227,7 +229,7 @@ def _series_dates(r: RasterInfo, dates: Sequence[str] | None) -> np.ndarray | No
             return None
         parsed = [_parse_timestamp(str(d)) for d in dates]
         if any(p is None for p in parsed):
-            raise ValueError(f"dates= holds a value that is not an ISO date: {list(dates)}")
+            raise InputError(f"dates= holds a value that is not an ISO date: {list(dates)}")
         return np.array(parsed, dtype="datetime64[s]")
     parsed = [_parse_timestamp(d) for d in r.descriptions]
     if all(p is not None for p in parsed):
@@ -274,7 +276,7 @@ def build_catalog(paths: list[Path], origin: str, bands: Sequence[str] | None,
             cat.add(when, raster.path.stem, (raster, i))
     cat.dated_bands = list(dict.fromkeys(cat.dated_bands))
     if not cat.entries:
-        raise ValueError(
+        raise InputError(
             f"{origin}: no dated raster found (dates are read from file names like "
             "NAME_2021-03-01.tif / NAME_20210301.tif / NAME_2021-03.tif, or, for files whose bands "
             "are dates, from band descriptions, a dates.txt sidecar or dates=)"
@@ -291,7 +293,7 @@ def resolve_bands(cat: _Catalog, bands: Sequence[str] | None,
     present = cat.bands()
     if bands is None:
         if len(cat.series) > 1 or (cat.series and cat.dated_bands):
-            raise ValueError(
+            raise InputError(
                 f"{cat.origin} holds several candidate bands: per-date files with "
                 f"{cat.dated_bands} and per-band time-series files {sorted(cat.series)}; "
                 "pass bands= to choose"
@@ -302,7 +304,7 @@ def resolve_bands(cat: _Catalog, bands: Sequence[str] | None,
         stored = b if b in present else (band_map or {}).get(b, b)
         if stored not in present:
             via = f" (band_map gives {stored!r})" if stored != b else ""
-            raise ValueError(f"band {b!r}{via} not found in {cat.origin}; bands present: {present}")
+            raise InputError(f"band {b!r}{via} not found in {cat.origin}; bands present: {present}")
         out.append((b, stored))
     return out
 
@@ -316,7 +318,7 @@ def assemble(cat: _Catalog, stored: list[str]) -> tuple[np.ndarray, list[list[Ba
         missing = [b for b in stored if b not in slot]
         if missing:
             have = {b: ref[0].path.name for b, ref in slot.items()}
-            raise ValueError(
+            raise InputError(
                 f"{cat.origin}: band(s) {missing} missing for date {t}; stored there: {have}; "
                 f"{missing[0]!r} is in {cat.files(missing[0])[:5]}"
             )

@@ -22,6 +22,7 @@ from agrifm.data.h5 import PathLike, SplitLike, read_h5_sample, sample_paths
 from agrifm.data.tables import SeriesTable
 from agrifm.data.timeseries import days_since_epoch, fixed_frames, prepare_source, sample_frames
 from agrifm.sensors import Source, get_source
+from agrifm.errors import InputError
 
 __all__ = ["H5SampleDataset", "TableDataset", "collate"]
 
@@ -139,10 +140,10 @@ class TableDataset(Dataset):
         seed: int = 0,
     ) -> None:
         if not 0.0 <= drop_frames < 1.0:
-            raise ValueError(f"drop_frames {drop_frames}: expected a probability in [0, 1)")
+            raise InputError(f"drop_frames {drop_frames}: expected a probability in [0, 1)")
         missing = [b for b in source.bands if b not in table.bands]
         if missing:
-            raise ValueError(f"source {source.name!r}: band(s) {missing} not in table {table.path} "
+            raise InputError(f"source {source.name!r}: band(s) {missing} not in table {table.path} "
                              f"(bands {list(table.bands)})")
         self.table, self.source = table, source
         self.columns = [table.bands.index(b) for b in source.bands]
@@ -204,6 +205,6 @@ def _collate(values: Sequence[Any], key: str) -> Any:
     if isinstance(first, torch.Tensor):
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:
-            raise ValueError(f"collate: {key!r} has different shapes in one batch {sorted(shapes)}")
+            raise InputError(f"collate: {key!r} has different shapes in one batch {sorted(shapes)}")
         return torch.stack(list(values))
     return list(values)

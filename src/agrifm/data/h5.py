@@ -23,6 +23,7 @@ import numpy as np
 
 from agrifm.data.timeseries import as_dates
 from agrifm.io import atomic_output
+from agrifm.errors import AgrifmError
 
 __all__ = [
     "H5SampleError",
@@ -45,7 +46,7 @@ PASTIS_VOID = 19
 SPLIT_FOLDERS = ("data_lists", "data_list")  # ours, and the name in the release's configs
 
 
-class H5SampleError(ValueError):
+class H5SampleError(AgrifmError, ValueError):
     """A sample file that cannot be read as asked (names the file and the key)."""
 
 

@@ -31,6 +31,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from agrifm.errors import InputError
 from agrifm.data.catalog import (
     BandRef,
     PathLike,
@@ -168,7 +169,7 @@ class Stack:
             try:
                 window = window.intersection(full)
             except rasterio.errors.WindowError as e:
-                raise ValueError(f"window {window} lies outside stack {self.path} "
+                raise InputError(f"window {window} lies outside stack {self.path} "
                                  f"({self.height}x{self.width} px)") from e
         return self.read_many([window], bands=bands, until=until)[0]
 
@@ -229,7 +230,7 @@ class Stack:
             return list(range(len(self.bands)))
         missing = [b for b in bands if b not in self.bands]
         if missing:
-            raise ValueError(f"band(s) {missing} not in stack {self.path}; bands: {self.bands}")
+            raise InputError(f"band(s) {missing} not in stack {self.path}; bands: {self.bands}")
         return [self.bands.index(b) for b in bands]
 
     def _mask_ok(self, m: np.ndarray) -> np.ndarray:
@@ -281,7 +282,7 @@ def _fill(out: list[np.ndarray], pix: list[tuple[int, int, int, int]],
                     for t, c, _, b in items:
                         dst[t, c, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = values[pos[b]]
         except rasterio.errors.RasterioError as e:
-            raise ValueError(f"cannot read raster {path}: {e}") from e
+            raise InputError(f"cannot read raster {path}: {e}") from e
 
 
 _RESAMPLING = {"average": Resampling.average, "nearest": Resampling.nearest,
@@ -292,7 +293,7 @@ def _warp(block: StackArray, dst_crs: CRS, dst_transform: Affine, shape: tuple[i
           resampling: str) -> StackArray:
     """Warp a NaN-carrying block onto another grid; NaN is nodata on both sides."""
     if resampling not in _RESAMPLING:
-        raise ValueError(f"resampling must be one of {sorted(_RESAMPLING)}, got {resampling!r}")
+        raise InputError(f"resampling must be one of {sorted(_RESAMPLING)}, got {resampling!r}")
     t, c, h, w = block.data.shape
     dst = np.full((t * c, *shape), np.nan, np.float32)
     if t * c:
@@ -317,17 +318,17 @@ def _open_mask(mask: PathLike | Sequence[PathLike], kind: str, timestamps: np.nd
                grid: RasterInfo, dates: Sequence[str] | None) -> list[BandRef]:
     """One mask band per stack frame, on the stack's grid and at the same dates."""
     if kind not in ("cloud", "valid"):
-        raise ValueError(f"mask_kind must be 'cloud' or 'valid', got {kind!r}")
+        raise InputError(f"mask_kind must be 'cloud' or 'valid', got {kind!r}")
     origin = f"mask {describe_paths(mask)}"
     cat = build_catalog(list_rasters(mask), origin, None, dates)
     stored = resolve_bands(cat, None, None)
     if len(stored) != 1:
-        raise ValueError(f"{origin} must hold one band per date; found bands {[s for s, _ in stored]}")
+        raise InputError(f"{origin} must hold one band per date; found bands {[s for s, _ in stored]}")
     frames, refs = assemble(cat, [stored[0][1]])
     days, want = frames.astype("datetime64[D]"), timestamps.astype("datetime64[D]")
     if len(days) != len(want) or (days != want).any():
         diff = next((i for i, (a, b) in enumerate(zip(days, want)) if a != b), min(len(days), len(want)))
-        raise ValueError(f"{origin} has {len(days)} dates, the stack {len(want)}; first difference at "
+        raise InputError(f"{origin} has {len(days)} dates, the stack {len(want)}; first difference at "
                          f"frame {diff}: mask {days[diff] if diff < len(days) else '-'} vs "
                          f"stack {want[diff] if diff < len(want) else '-'}")
     check_grid([grid] + [r[0][0] for r in refs], origin)
@@ -353,6 +354,6 @@ def open_stack(path: PathLike | Sequence[PathLike], *, bands: Sequence[str] | No
     timestamps, refs = assemble(cat, [s for _, s in selected])
     grid = check_grid(list({r[0].path: r[0] for row in refs for r in row}.values()), origin)
     if grid.crs is None:
-        raise ValueError(f"{grid.path} has no CRS; stacks must be georeferenced")
+        raise InputError(f"{grid.path} has no CRS; stacks must be georeferenced")
     mask_refs = _open_mask(mask, mask_kind, timestamps, grid, dates) if mask is not None else None
     return Stack(origin, timestamps, [o for o, _ in selected], refs, grid, mask_refs, mask_kind)

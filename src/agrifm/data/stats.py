@@ -21,6 +21,7 @@ from agrifm.data.h5 import h5_sources, read_h5_sample, sample_paths
 from agrifm.data.tables import SeriesTable, read_table
 from agrifm.io import atomic_output
 from agrifm.sensors import get_source
+from agrifm.errors import InputError, OutputExistsError, user_input
 
 __all__ = ["BandStats", "RunningStats", "band_stats", "compute_stats", "main"]
 
@@ -73,7 +74,7 @@ class RunningStats:
         """
         x = np.asarray(data)
         if x.ndim == 0 or x.shape[axis] != len(self.count):
-            raise ValueError(f"{what}: shape {x.shape} has no {len(self.count)} bands on axis {axis}")
+            raise InputError(f"{what}: shape {x.shape} has no {len(self.count)} bands on axis {axis}")
         ok = np.isfinite(x)
         if valid is not None:
             ok &= np.expand_dims(np.asarray(valid, dtype=bool), axis)
@@ -93,7 +94,7 @@ class RunningStats:
         """Final statistics; a band without any valid value is an error naming it."""
         empty = [b for b, n in zip(bands, self.count) if n == 0]
         if empty:
-            raise ValueError(f"no valid value for band(s) {empty}")
+            raise InputError(f"no valid value for band(s) {empty}")
         return BandStats(list(bands), self.mean.copy(), np.sqrt(self.m2 / self.count), self.count.copy())
 
 
@@ -110,11 +111,14 @@ def _accumulate(chunks: Iterable[ArrayLike], axis: int, names: Sequence[str] | N
             stats = RunningStats(data.shape[axis])
         stats.update(data, valid, axis=axis, what=f"chunk {i}")
     if stats is None:
-        raise ValueError("no data to compute statistics on")
+        raise InputError("no data to compute statistics on")
     return stats.result(names or [f"band_{i}" for i in range(len(stats.count))])
 
 
 def _of_table(table: SeriesTable, bands: Sequence[str] | None) -> BandStats:
+    missing = [b for b in bands or () if b not in table.bands]
+    if missing:
+        raise InputError(f"{table.path}: band(s) {missing} not in the table's bands {list(table.bands)}")
     columns = [table.bands.index(b) for b in bands] if bands else list(range(len(table.bands)))
     return _accumulate([table.values[..., columns]], axis=-1, names=[table.bands[c] for c in columns])
 
@@ -125,7 +129,7 @@ def _pick_source(files: list[Path], source: str | None) -> str:
     if source is None:
         source = next(iter(found)) if len(found) == 1 else "S2" if "S2" in found else None
         if source is None:
-            raise ValueError(f"{files[0]} holds sources {sorted(found)}: choose one with --source")
+            raise InputError(f"{files[0]} holds sources {sorted(found)}: choose one with --source")
     return source
 
 
@@ -186,7 +190,7 @@ def band_stats(
                           bands, [path.stem] if path.is_file() else split)
         if path.suffix.lower() in RASTER_SUFFIXES or path.is_dir():
             return _of_stack(path, bands)
-        raise ValueError(f"{path}: not a table (.csv/.parquet), H5 sample(s) or GeoTIFF stack")
+        raise InputError(f"{path}: not a table (.csv/.parquet), H5 sample(s) or GeoTIFF stack")
     if isinstance(data, (np.ndarray, tuple)):  # one array or one (data, valid) pair
         data = [data]
     return _accumulate(data, axis, bands)
@@ -210,18 +214,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", nargs="+", help="bands to use, in this order")
     p.add_argument("--split", help="H5 split name (train) or split list file")
     p.add_argument("--json", dest="json_out", help="write {bands, mean, std, count} here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.json_out:  # refused before the (possibly long) pass over the data
+        out = Path(args.json_out)
+        if out.is_dir():
+            raise InputError(f"--json {out} is a folder; give a file name")
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"--json {out} exists; pass --overwrite to replace it")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--json {out}: output folder {out.parent} does not exist")
     bands = args.bands
     if bands is None and args.source is not None and Path(args.path).suffix.lower() not in TABLE_SUFFIXES:
         try:  # a registered source: statistics in its band order, ready for Source.with_stats
             bands = list(get_source(args.source).bands)
         except KeyError:
             pass
-    stats = band_stats(args.path, source=args.source, bands=bands, split=args.split)
+    with user_input(args.path):
+        stats = band_stats(args.path, source=args.source, bands=bands, split=args.split)
     print(stats.table())
     if args.json_out:
         print(f"wrote {stats.write_json(args.json_out)}")

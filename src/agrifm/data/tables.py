@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+from agrifm.errors import AgrifmError
 
 from agrifm.data.splits import split_fractions, split_parts
 
@@ -27,7 +28,7 @@ COORDS = ("longitude", "latitude")
 NOT_BANDS = frozenset(REQUIRED + COORDS + ("start_date", "end_date"))
 
 
-class TableError(ValueError):
+class TableError(AgrifmError, ValueError):
     """A table that cannot be read as labelled time series (names the file and column)."""
 
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from agrifm.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,7 +57,7 @@ def as_dates(values: object) -> np.ndarray:
     try:
         return arr.astype("datetime64[D]")
     except (ValueError, TypeError) as e:
-        raise ValueError(f"cannot parse dates {arr.ravel()[:5].tolist()}...: {e}") from None
+        raise InputError(f"cannot parse dates {arr.ravel()[:5].tolist()}...: {e}") from None
 
 
 def days_since_epoch(dates: object) -> np.ndarray:
@@ -84,12 +86,12 @@ def fill_gaps(
     """
     x = np.asarray(data, dtype=np.float32)
     if x.ndim < 2:
-        raise ValueError(f"fill_gaps expects (T, C, ...) data, got shape {x.shape}")
+        raise InputError(f"fill_gaps expects (T, C, ...) data, got shape {x.shape}")
     ok = np.isfinite(x)
     if valid is not None:
         v = np.asarray(valid, dtype=bool)
         if v.shape != x.shape[:1] + x.shape[2:]:
-            raise ValueError(f"valid mask shape {v.shape} does not match data {x.shape} (want (T, ...))")
+            raise InputError(f"valid mask shape {v.shape} does not match data {x.shape} (want (T, ...))")
         ok &= v[:, None]
     per_pixel = ok.all(axis=1, keepdims=True)
     if np.array_equal(per_pixel, ok.any(axis=1, keepdims=True)):
@@ -107,7 +109,7 @@ def _positions(dates: np.ndarray | None, x: np.ndarray) -> np.ndarray:
         return np.arange(t, dtype=np.float64).reshape((t,) + (1,) * (x.ndim - 1))
     d = as_dates(dates)
     if d.shape[0] != t or (d.ndim > 1 and d.shape[1:] != x.shape[2:]):
-        raise ValueError(f"dates shape {d.shape} does not match data {x.shape} (want (T,) or (T, ...))")
+        raise InputError(f"dates shape {d.shape} does not match data {x.shape} (want (T,) or (T, ...))")
     pos = np.where(np.isnat(d), np.nan, d.astype(np.int64).astype(np.float64))
     return pos.reshape((t,) + (1,) * (x.ndim - 1)) if d.ndim == 1 else pos[:, None]
 
@@ -141,7 +143,7 @@ def fill_series(values: np.ndarray, dates: np.ndarray | None = None) -> tuple[np
     """
     v = np.asarray(values, dtype=np.float32)
     if v.ndim != 3:
-        raise ValueError(f"fill_series expects (N, T, C) values, got shape {v.shape}")
+        raise InputError(f"fill_series expects (N, T, C) values, got shape {v.shape}")
     pos = None if dates is None else as_dates(dates).T  # (T, N)
     filled, any_valid = fill_gaps(np.moveaxis(v, 0, -1), dates=pos)  # (T, C, N)
     return np.moveaxis(filled, -1, 0), any_valid
@@ -153,7 +155,7 @@ def fill_series(values: np.ndarray, dates: np.ndarray | None = None) -> tuple[np
 def _band_stat(stat: Sequence[float] | np.ndarray, x: np.ndarray, axis: int, what: str) -> np.ndarray:
     s = np.asarray(stat, dtype=np.float32)
     if s.shape != (x.shape[axis],):
-        raise ValueError(f"{what} has {s.size} values but data {x.shape} has {x.shape[axis]} bands on axis {axis}")
+        raise InputError(f"{what} has {s.size} values but data {x.shape} has {x.shape[axis]} bands on axis {axis}")
     shape = [1] * x.ndim
     shape[axis] = -1
     return s.reshape(shape)
@@ -170,7 +172,7 @@ def check_finite(x: np.ndarray, what: str) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what}: {int(bad.sum())} non-finite values in array {x.shape} "
+        raise InputError(f"{what}: {int(bad.sum())} non-finite values in array {x.shape} "
                          f"(first at index {first}); check the statistics and the gap filling")
     return x
 
@@ -184,7 +186,7 @@ def _length(dates: Frames) -> int:
 
 def _check_request(n: int, t: int) -> None:
     if n < 1 or t < 1:
-        raise ValueError(f"cannot select {n} frames from a series of {t}")
+        raise InputError(f"cannot select {n} frames from a series of {t}")
 
 
 def fixed_frames(dates: Frames, n: int) -> np.ndarray:
@@ -227,7 +229,7 @@ def season_cutoff(start: DateLike, cutoff: DateLike) -> np.datetime64:
                 continue
             if c >= start_d:
                 return c
-        raise ValueError(f"cut-off {cutoff!r} is not a valid month-day after {start_d}")
+        raise InputError(f"cut-off {cutoff!r} is not a valid month-day after {start_d}")
     return as_dates(cutoff)[()]
 
 
@@ -241,11 +243,11 @@ def until(dates: np.ndarray, cutoff: DateLike, *, what: str = "until") -> np.nda
     d = as_dates(dates)
     real = d[~np.isnat(d)]
     if real.size == 0:
-        raise ValueError(f"{what}: the series has no dates")
+        raise InputError(f"{what}: the series has no dates")
     c = season_cutoff(real[0], cutoff)
     keep = np.flatnonzero(d <= c)
     if keep.size == 0:
-        raise ValueError(f"{what}: no frame on or before {c} (series starts {real[0]})")
+        raise InputError(f"{what}: no frame on or before {c} (series starts {real[0]})")
     return keep
 
 
@@ -253,7 +255,7 @@ def fraction_of_season(dates: Frames, f: float) -> np.ndarray:
     """Indices of the first ``ceil(f * T)`` frames (at least one), ``0 < f <= 1``."""
     t = _length(dates)
     if not 0.0 < f <= 1.0:
-        raise ValueError(f"fraction of season must be in (0, 1], got {f}")
+        raise InputError(f"fraction of season must be in (0, 1], got {f}")
     k = max(1, math.ceil(f * t - 1e-9))  # tolerance: 0.7 * 10 must give 7, not 8
     return np.arange(min(k, t), dtype=np.int64)
 
@@ -279,7 +281,7 @@ def prepare_source(
 
     x = np.asarray(arr, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != source.num_bands:
-        raise ValueError(f"source {source.name!r}: expected (T, {source.num_bands}, H, W) "
+        raise InputError(f"source {source.name!r}: expected (T, {source.num_bands}, H, W) "
                          f"for bands {list(source.bands)}, got shape {x.shape}")
     filled, any_valid = fill_gaps(x, valid, dates=dates)
     if frames is not None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
+from agrifm.errors import InputError, require_positive
 
 __all__ = ["main", "build_parser", "parse_sources", "parse_band_maps"]
 
@@ -33,13 +33,13 @@ def parse_sources(items: Sequence[str]) -> dict[str, str | list[str]]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--source expects NAME=PATH, got {item!r}")
+            raise InputError(f"--source expects NAME=PATH, got {item!r}")
         if name in out:
-            raise ValueError(f"--source {name} given twice ({out[name]!r} and {path!r})")
+            raise InputError(f"--source {name} given twice ({out[name]!r} and {path!r})")
         if any(ch in path for ch in "*?["):
             files = sorted(glob.glob(path))
             if not files:
-                raise ValueError(f"--source {name}: no file matches {path!r}")
+                raise InputError(f"--source {name}: no file matches {path!r}")
             out[name] = files
         else:
             out[name] = path
@@ -52,11 +52,11 @@ def parse_band_maps(items: Sequence[str]) -> dict[str, dict[str, str]]:
     for item in items:
         name, sep, pairs = item.partition(":")
         if not sep or not name or not pairs:
-            raise ValueError(f"--band-map expects NAME:BAND=STORED[,BAND=STORED], got {item!r}")
+            raise InputError(f"--band-map expects NAME:BAND=STORED[,BAND=STORED], got {item!r}")
         for pair in pairs.split(","):
             band, eq, stored = pair.partition("=")
             if not eq or not band or not stored:
-                raise ValueError(f"--band-map {item!r}: {pair!r} is not BAND=STORED")
+                raise InputError(f"--band-map {item!r}: {pair!r} is not BAND=STORED")
             out.setdefault(name, {})[band] = stored
     return out
 
@@ -97,27 +97,31 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agrifm.predict import engine
+    from agrifm.predict.tiling import Rect
 
     if args.assemble:
         if not args.block_dir:
-            raise ValueError("--assemble needs --block-dir")
+            raise InputError("--assemble needs --block-dir")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
         paths = engine.assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
     if not args.checkpoint or not args.source:
-        raise ValueError("--checkpoint and at least one --source NAME=PATH are required")
+        raise InputError("--checkpoint and at least one --source NAME=PATH are required")
+    require_positive(window=args.window, batch_size=args.batch_size, block_size=args.block_size)  # before loading
+    device = engine.resolve_device(args.device)
+    device = None if device is None else str(device)
     checkpoint = importlib.import_module("agrifm.checkpoint")  # the model code loads only here
 
     sources = parse_sources(args.source)
     band_map = parse_band_maps(args.band_map)
-    predictor = checkpoint.load_predictor(args.checkpoint, device=args.device)
+    predictor = checkpoint.load_predictor(args.checkpoint, device=device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
     provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     result = engine.predict_scene(
         predictor, sources, args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities, until=args.until_date, resolution=args.resolution, crs=args.crs,
-        bounds=args.bounds, band_map=band_map, overwrite=args.overwrite, device=args.device,
+        bounds=args.bounds, band_map=band_map, overwrite=args.overwrite, device=device,
         provenance=provenance, block_dir=args.block_dir, block_size=args.block_size,
         quicklook=not args.no_quicklook, progress=not args.no_progress,
     )
@@ -125,6 +129,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{result.blocks_run} blocks run, {result.blocks_skipped} already done, {result.windows} windows, "
           f"{result.area_km2:.2f} km2 in {result.seconds:.1f} s ({rate:.2f} km2/s)")
     if result.outputs:
+        total = result.grid.area_km2(Rect(0, 0, result.grid.height, result.grid.width))
+        if result.mapped_km2 == result.mapped_km2 and total == total and total > 0:
+            share = 100 * result.mapped_km2 / total
+            print(f"mapped {result.mapped_km2:.2f} of {total:.2f} km2 ({share:.1f} %"
+                  + ("; the rest is nodata: no valid observation in every source)" if share < 99.95 else ")"))
         print("\n".join(f"{k}: {v}" for k, v in result.outputs.items()))
     else:
         print(f"blocks saved in {result.block_dir}; the rank that completes them writes {args.out}")
@@ -137,11 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agrifm.predict.engine import UnitsWarning
 
     warnings.simplefilter("always", UnitsWarning)
-    try:
-        return _run(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"agrifm predict: error: {e}", file=sys.stderr)
-        return 1
+    return _run(args)  # errors: the dispatcher prints them (agrifm.cli.report_error)
 
 
 if __name__ == "__main__":

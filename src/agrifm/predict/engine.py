@@ -19,15 +19,17 @@ import os
 import shutil
 import time
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Union
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.warp
 import torch
 import torch.nn.functional as F
@@ -38,13 +40,14 @@ from rasterio.windows import Window
 from agrifm.data.stack import Stack, StackArray, open_stack
 from agrifm.data.timeseries import days_since_epoch, fixed_frames, prepare_source
 from agrifm.io import atomic_output, write_text_atomic
-from agrifm.predict.cog import CogWriter, class_map_meta, encode_layers, layer_meta
+from agrifm.predict.cog import NODATA, CogWriter, class_map_meta, encode_layers, layer_meta
 from agrifm.predict.tiling import Accumulator, Block, Partial, Rect, Tile, TileGrid, blend_weights, ring
+from agrifm.errors import InputError, OutputExistsError, TooLargeError, require_positive
 
 if TYPE_CHECKING:
     from agrifm.sensors import Source
 
-__all__ = ["Predictor", "PredictResult", "OutputGrid", "UnitsWarning", "predict_scene", "assemble",
+__all__ = ["Predictor", "PredictResult", "OutputGrid", "UnitsWarning", "NothingMappedError", "predict_scene", "assemble",
            "output_grid", "output_paths"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,10 @@ class Predictor(Protocol):
 
 class UnitsWarning(UserWarning):
     """A source's values look like another unit than the predictor's statistics expect."""
+
+
+class NothingMappedError(InputError):
+    """No output pixel had valid data in every source: no map is written."""
 
 
 # --------------------------------------------------------------------------- output grid
@@ -145,17 +152,24 @@ def output_grid(stacks: Mapping[str, Stack], *, crs: Any = None, resolution: flo
     ref = stacks[name]
     t = ref.transform
     if t.b or t.d:
-        raise ValueError(f"source {name!r} ({ref.path}) has a rotated grid; only north-up rasters are supported")
+        raise InputError(f"source {name!r} ({ref.path}) has a rotated grid; only north-up rasters are supported")
     if crs is None and resolution is None and bounds is None:
         return OutputGrid(ref.crs, t, ref.width, ref.height)
-    dst = CRS.from_user_input(crs) if crs is not None else ref.crs
+    try:
+        dst = CRS.from_user_input(crs) if crs is not None else ref.crs
+    except (rasterio.errors.CRSError, ValueError, TypeError) as e:
+        raise InputError(f"--crs {crs!r} is not a coordinate reference system ({e})") from None
     if resolution is None:
         res = _pixel_size(ref, dst)
     else:
         res = (float(resolution),) * 2 if np.isscalar(resolution) else tuple(map(float, resolution))  # type: ignore[arg-type]
+        if len(res) != 2 or not all(math.isfinite(r) and r > 0 for r in res):
+            raise InputError(f"--resolution must be a positive number (or an x, y pair), got {resolution}")
     left, bottom, right, top = tuple(bounds) if bounds is not None else _footprint(ref, dst)
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise InputError(f"--bounds must be finite numbers, got {(left, bottom, right, top)}")
     if right <= left or top <= bottom:
-        raise ValueError(f"empty output bounds {(left, bottom, right, top)} (left, bottom, right, top)")
+        raise InputError(f"empty output bounds {(left, bottom, right, top)} (left, bottom, right, top)")
     if dst == ref.crs:  # origin on the finest source's pixel corners
         left = t.c + math.floor((left - t.c) / t.a + 1e-6) * t.a
         top = t.f + math.floor((top - t.f) / t.e + 1e-6) * t.e
@@ -222,11 +236,13 @@ class _Reader:
         v = F.interpolate(v, size=(self.window, self.window), mode="nearest")[:, 0] > 0.5
         return torch.stack(xs), v
 
-    def sample_values(self, size: int = 128) -> np.ndarray:
-        """Finite values of a ``size``-px native window at the centre of the mapped area."""
+    def sample_values(self, size: int = 128, at: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+        """Finite values of a ``size``-px native window at ``at`` (fractions of x, y; default the
+        centre) of the mapped area."""
         l, b, r, t = self.grid.bounds
         sl, sb, sr, st = _footprint(self.stack, self.grid.crs)
-        cx, cy = (max(l, sl) + min(r, sr)) / 2, (max(b, sb) + min(t, st)) / 2
+        cx = max(l, sl) + at[0] * (min(r, sr) - max(l, sl))
+        cy = max(b, sb) + at[1] * (min(t, st) - max(b, sb))
         (x,), (y,) = rasterio.warp.transform(self.grid.crs, self.stack.crs, [cx], [cy])
         col, row = ~self.stack.transform @ (x, y)
         w = Window(int(col) - size // 2, int(row) - size // 2, size, size)
@@ -243,14 +259,14 @@ def _canonical_names(predictor: Predictor, names: Sequence[str]) -> dict[str, st
     out = {}
     for n in names:
         if n.lower() not in lookup:
-            raise ValueError(f"unknown source {n!r}: this predictor takes {list(predictor.sources)}")
+            raise InputError(f"unknown source {n!r}: this predictor takes {list(predictor.sources)}")
         twice = [g for g, k in out.items() if k == lookup[n.lower()]]
         if twice:
-            raise ValueError(f"sources {twice[0]!r} and {n!r} both name the predictor's {lookup[n.lower()]!r}")
+            raise InputError(f"sources {twice[0]!r} and {n!r} both name the predictor's {lookup[n.lower()]!r}")
         out[n] = lookup[n.lower()]
     missing = [k for k in predictor.sources if k not in out.values()]
     if missing:
-        raise ValueError(f"missing source(s) {missing}: this predictor needs {list(predictor.sources)} "
+        raise InputError(f"missing source(s) {missing}: this predictor needs {list(predictor.sources)} "
                          f"(got {list(names)}; pass --source NAME=PATH for each)")
     return out
 
@@ -271,7 +287,7 @@ def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[s
     stored = [b if b in stack.bands else (band_map or {}).get(b, b) for b in source.bands]
     missing = [b for b, s in zip(source.bands, stored) if s not in stack.bands]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"source {name!r} ({stack.path}): bands {missing} of the predictor's {list(source.bands)} are "
             f"not in the stack's {list(stack.bands)}; substitute with band_map (--band-map {name}:{missing[0]}=OTHER)")
     return stored
@@ -280,7 +296,7 @@ def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[s
 def _frames_until(name: str, stack: Stack, until: np.datetime64 | None) -> np.ndarray:
     dates = stack.dates if until is None else stack.dates[stack.dates <= until]
     if not len(dates):
-        raise ValueError(f"source {name!r} ({stack.path}): no frame on or before {until} "
+        raise InputError(f"source {name!r} ({stack.path}): no frame on or before {until} "
                          f"(first date {stack.dates[0]})")
     return dates
 
@@ -291,7 +307,7 @@ def _make_readers(predictor: Predictor, stacks: Mapping[str, Stack], grid: Outpu
     for name, stack in stacks.items():
         source = predictor.sources[name]
         if not _overlaps(_footprint(stack, grid.crs), grid.bounds):
-            raise ValueError(f"source {name!r} ({stack.path}) covers {tuple(round(v, 3) for v in stack.bounds)} "
+            raise InputError(f"source {name!r} ({stack.path}) covers {tuple(round(v, 3) for v in stack.bounds)} "
                              f"in {stack.crs}, which does not overlap the output area {grid.bounds} in {grid.crs}")
         dates = _frames_until(name, stack, until)
         frames = fixed_frames(len(dates), predictor.frames) if predictor.frames else None
@@ -317,6 +333,12 @@ def units_problem(values: np.ndarray, source: Source) -> str | None:
 
 def _check_units(reader: _Reader) -> None:
     values = reader.sample_values()
+    if values.size > 1 and float(values.min()) == float(values.max()) and all(  # constant beyond the centre too
+            float(v.min()) == float(values[0]) == float(v.max())
+            for v in (reader.sample_values(32, at) for at in ((0.2, 0.2), (0.8, 0.2), (0.2, 0.8), (0.8, 0.8)))
+            if v.size):
+        raise InputError(f"source {reader.name!r} ({reader.stack.path}): every sampled value is {float(values[0]):g} "
+                         "(all bands and dates): a constant cube holds nothing to map; is nodata declared?")
     why = units_problem(values, reader.source)
     if why:
         p_lo, p_hi = np.percentile(values, [0.5, 99.5])
@@ -344,24 +366,45 @@ class BlockStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def init(self, manifest: Mapping[str, Any]) -> None:
+    def init(self, manifest: Mapping[str, Any], *, restart: bool = False) -> None:
+        """Pin the run's settings and inputs; a folder of another run (other settings, or inputs
+        changed since) is refused, or emptied when ``restart`` (the default hidden folder). A
+        folder holding no finished block is simply reused."""
         self.root.mkdir(parents=True, exist_ok=True)
         want = _json_norm(manifest)
         path = self.root / self.MANIFEST
         if path.exists():
-            have = self.manifest()
+            try:
+                have = self.manifest()
+            except ValueError:  # a damaged manifest: as if it differed in everything
+                have = {}
             diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            if diff:
-                raise ValueError(f"block folder {self.root} holds blocks of another run (differs in {diff}); "
-                                 "delete it or pass another block_dir")
-            return
+            if not diff:
+                return
+            if not self.blocks():
+                pass  # nothing finished to protect (e.g. a run that failed before its first block)
+            elif restart:
+                log.warning("%s: blocks of another run or of inputs changed since (differs in %s): starting afresh",
+                            self.root, diff)
+                for f in self.blocks():
+                    f.unlink(missing_ok=True)
+            else:
+                raise InputError(f"block folder {self.root} holds blocks of another run or of inputs changed "
+                                 f"since (differs in {diff}); delete it or pass another --block-dir")
         write_text_atomic(path, json.dumps(want, indent=1))
+
+    def blocks(self) -> list[Path]:
+        """The finished block files."""
+        return sorted(self.root.glob("block_*.npz"))
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / self.MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: not a block folder of agrifm predict")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise InputError(f"{path} is damaged ({e}): delete the block folder {self.root} and rerun") from None
 
     def path(self, block: Block) -> Path:
         return self.root / f"block_{block.index:06d}.npz"
@@ -379,15 +422,44 @@ class BlockStore:
             np.savez(tmp, **arrays)
 
     def load_core(self, block: Block) -> tuple[Rect, dict[str, np.ndarray]]:
-        with np.load(self.path(block)) as z:
+        with self._open(block) as z:
             layers = {k[5:]: z[k] for k in z.files if k.startswith("core_") and k != "core_rect"}
             return Rect(*z["core_rect"].tolist()), layers
 
     def load_parts(self, block: Block) -> list[Partial]:
-        with np.load(self.path(block)) as z:
+        with self._open(block) as z:
             n = sum(1 for k in z.files if k.endswith("_rect") and k.startswith("part"))
             return [Partial(Rect(*z[f"part{i}_rect"].tolist()), z[f"part{i}_num"], z[f"part{i}_den"],
                             z[f"part{i}_valid"]) for i in range(n)]
+
+    @contextmanager
+    def _open(self, block: Block) -> Iterator[Any]:
+        """The block's arrays; a damaged file (bit rot, a full disk) is removed and named."""
+        path = self.path(block)
+        try:
+            with np.load(path) as z:
+                yield z
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            path.unlink(missing_ok=True)
+            raise InputError(f"block file {path} is damaged ({type(e).__name__}: {e}); it was removed: "
+                             "rerun the same predict command to redo that block") from None
+
+    def check(self, block: Block) -> bool:
+        """Whether ``block`` is done and its file readable (a damaged one is removed and redone)."""
+        path = self.path(block)
+        if not path.exists():
+            return False
+        try:
+            with zipfile.ZipFile(path) as z:
+                ok = "core_rect.npy" in z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            ok = False
+        if not ok:
+            log.warning("%s is damaged: removed, redoing that block", path)
+            path.unlink(missing_ok=True)
+        return ok
 
     def mark_rank(self, rank: int, world_size: int) -> None:
         """Record that ``rank`` finished its share (for orchestration; assembly checks the blocks)."""
@@ -425,7 +497,7 @@ def _prefetch(items: Iterator[T]) -> Iterator[T]:
 def _as_probs(p: Any, shape: tuple[int, ...], what: str) -> torch.Tensor:
     if not isinstance(p, torch.Tensor) or tuple(p.shape[:len(shape)]) != shape:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-        raise ValueError(f"{what} predictor returned {got}, expected probabilities of shape {shape}...")
+        raise InputError(f"{what} predictor returned {got}, expected probabilities of shape {shape}...")
     return p.detach().float().cpu()
 
 
@@ -437,7 +509,7 @@ def _run_dense(predictor: Predictor, inputs: Mapping[str, torch.Tensor], keep: n
     with torch.inference_mode():
         p = _as_probs(predictor(x), (len(keep), num_classes), "dense")
     if p.ndim != 4:
-        raise ValueError(f"dense predictor returned shape {tuple(p.shape)}, expected (B, K, h, w)")
+        raise InputError(f"dense predictor returned shape {tuple(p.shape)}, expected (B, K, h, w)")
     if p.shape[-2:] != (window, window):
         p = F.interpolate(p, size=(window, window), mode="bilinear", align_corners=False, antialias=True)
     return p.numpy()
@@ -487,7 +559,7 @@ def _load(readers: Sequence[_Reader], job: _Job) -> tuple[_Job, dict[str, torch.
     inputs, valid = {}, None
     for r in readers:
         inputs[r.name], v = r.load(job.tiles)
-        valid = v if valid is None else valid | v
+        valid = v if valid is None else valid & v  # a pixel a source never observed is nodata
     assert valid is not None
     return job, inputs, valid
 
@@ -577,12 +649,19 @@ def output_paths(out: str | os.PathLike[str], probabilities: bool, quicklook: bo
 
 def _check_outputs(paths: Mapping[str, Path], overwrite: bool) -> None:
     out = paths["map"]
+    if out.suffix.lower() not in (".tif", ".tiff"):  # MAP.png would be the quicklook's name
+        raise InputError(f"--out {out}: the map is a GeoTIFF; give a name ending in .tif")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied (output folder not writable)", str(out.parent))
+    for p in paths.values():
+        if p.is_dir():
+            raise IsADirectoryError(21, "Is a directory (an output file's name)", str(p))
     if not overwrite:
         for p in paths.values():
             if p.exists():
-                raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+                raise OutputExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def _assemble_block(store: BlockStore, tg: TileGrid, block: Block, k: int, with_probs: bool) -> dict[str, np.ndarray]:
@@ -614,8 +693,15 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     """Build the COG(s) and quicklook from a complete block folder; returns the written paths.
 
     Sidecars are published first and the class map last, so an existing map means a
-    complete product.
+    complete product. A folder whose blocks hold no mapped pixel is refused
+    (:class:`NothingMappedError`): no map is written.
     """
+    return _assemble(block_dir, out, overwrite=overwrite, quicklook=quicklook)[0]
+
+
+def _assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool,
+              quicklook: bool) -> tuple[dict[str, Path], float]:
+    """:func:`assemble`, also returning the mapped (not nodata) area in km2."""
     from agrifm.predict.quicklook import write_quicklook
 
     store = BlockStore(block_dir)
@@ -624,7 +710,7 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     tg = TileGrid(grid.height, grid.width, m["window"], m["overlap"], m["block"])
     missing = [b.index for b in tg.blocks if not store.done(b)]
     if missing:
-        raise RuntimeError(f"block folder {store.root}: {len(missing)} of {len(tg.blocks)} blocks missing "
+        raise InputError(f"block folder {store.root}: {len(missing)} of {len(tg.blocks)} blocks missing "
                            f"(first {missing[:5]}); run the remaining ranks or rerun predict to finish them")
     quicklook = quicklook and _can_plot()
     paths = output_paths(out, m["probabilities"], quicklook)
@@ -635,10 +721,17 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     with ExitStack() as es:
         writers = {n: es.enter_context(CogWriter(paths[n], **common, **layer_meta(
             n, m["class_names"], m["class_colors"], tags))) for n in layers}
+        mapped = 0
         for block in tg.blocks:
             arrays = _assemble_block(store, tg, block, len(m["class_names"]), m["probabilities"])
+            mapped += int(np.count_nonzero(arrays["map"] != NODATA))
             for name, w in writers.items():
                 w.write(arrays[name], block.rect.row0, block.rect.col0)
+        if not mapped:  # before anything is published: no file claims a mapped area
+            raise NothingMappedError(
+                f"no pixel of the output area {grid.width}x{grid.height} px has valid data in every source "
+                f"({', '.join(m['tags'].get('SOURCES', {})) or 'sources'}): nothing to map, no map written "
+                "(all nodata/NaN, masked, or outside --bounds/--until-date?)")
         tmp_map = {n: w.finish() for n, w in writers.items()}["map"]
         for name in layers[1:]:
             writers[name].commit()
@@ -649,7 +742,111 @@ def assemble(block_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if overwrite:  # sidecars of the replaced map that this run did not write would now lie
         for stale in set(output_paths(out, True, True).values()) - set(paths.values()):
             stale.unlink(missing_ok=True)
-    return paths
+    return paths, mapped * grid.area_km2(Rect(0, 0, 1, 1))
+
+
+# --------------------------------------------------------------------------- refusing runaway requests
+
+MAX_PIXELS = 2**36  # ~69 Gpx: a 10 m map of ~6.9 million km2; larger requests are refused before any work
+MAX_UPSAMPLING = 16  # output pixels finer than 1/16 of the finest source pixel add nothing but cost
+
+
+def _check_options(window: int, overlap: int, batch_size: int, block_size: int, point_batch: int) -> None:
+    require_positive(window=window, batch_size=batch_size, block_size=block_size, point_batch=point_batch)
+    if overlap < 0 or 2 * overlap > window:
+        raise InputError(f"--overlap must be in [0, window/2] = [0, {window // 2}], got {overlap}")
+
+
+def _check_grid_size(grid: OutputGrid, stacks: Mapping[str, Stack], resolution: Any) -> None:
+    """Refuse, naming the option, a grid far finer than the sources or too large to hold."""
+    finest = min(min(_pixel_size(s, grid.crs)) for s in stacks.values())
+    if resolution is not None and min(grid.res) * MAX_UPSAMPLING < finest:
+        raise InputError(f"--resolution {resolution} is over {MAX_UPSAMPLING}x finer than the finest source "
+                         f"pixel ({finest:g} {grid.crs.linear_units if grid.crs.is_projected else 'units'}): "
+                         f"{grid.width:,} x {grid.height:,} px; choose a resolution of at least "
+                         f"{finest / MAX_UPSAMPLING:g}")
+    if grid.width * grid.height > MAX_PIXELS:
+        raise TooLargeError(f"the output grid would be {grid.width:,} x {grid.height:,} px "
+                            f"(over {MAX_PIXELS:,}): choose a coarser --resolution or smaller --bounds")
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate without swapping (MemAvailable; total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def memory_estimate(readers: Sequence[_Reader], tg: TileGrid, num_classes: int, batch_size: int) -> int:
+    """A lower bound of the bytes one batch and one block need: source reads and their
+    gap-filled copies (x2 with prefetching), probabilities, the block's accumulator. A batch
+    holds at most one block's windows, a block at most the scene."""
+    per_window = sum(int(np.sum(r.stack.dates <= r.until) if r.until is not None else len(r.stack.dates))
+                     * max(1, len(r.bands or r.stack.bands))
+                     * r.shape[0] * r.shape[1] * 4 * 3 for r in readers)
+    probs = num_classes * tg.window**2 * 4 * 2
+    per_side = math.ceil(tg.block_size / tg.stride)  # a batch never spans two blocks
+    batch = min(batch_size, min(per_side, len(tg.row_starts)) * min(per_side, len(tg.col_starts)))
+    acc = min(tg.block_size + tg.window, tg.height) * min(tg.block_size + tg.window, tg.width) * (num_classes + 2) * 4
+    return 2 * batch * per_window + batch * probs + acc + tg.window**2 * 4
+
+
+def _check_memory(readers: Sequence[_Reader], tg: TileGrid, num_classes: int, batch_size: int) -> None:
+    need, have = memory_estimate(readers, tg, num_classes, batch_size), available_memory()
+    if need > have:
+        raise TooLargeError(f"--window {tg.window} with --batch-size {batch_size} and --block-size {tg.block} needs "
+                            f"at least {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are available: "
+                            "use a smaller --window, --batch-size or --block-size")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` checked against this machine; under torchrun a bare ``cuda`` (or no device)
+    means this process's ``cuda:LOCAL_RANK``."""
+    local = os.environ.get("LOCAL_RANK")
+    if device is None:
+        if local is None or not torch.cuda.is_available():
+            return None
+        device = "cuda"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"--device {device!r}: not a device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is None and local is not None:
+            dev = torch.device("cuda", int(local))
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+def input_fingerprint(stacks: Mapping[str, Stack]) -> dict[str, list[list[Any]]]:
+    """Per source, ``[path, size, mtime_ns]`` of every file read: a block folder made from other
+    (or since modified) files is not reused."""
+    out: dict[str, list[list[Any]]] = {}
+    for name, stack in stacks.items():
+        refs = [r for row in getattr(stack, "_refs", []) for r in row] + list(getattr(stack, "_mask", None) or [])
+        files = sorted({str(r[0].path) for r in refs})
+        rows = []
+        for f in files:
+            try:
+                st = os.stat(f)
+                rows.append([f, st.st_size, st.st_mtime_ns])
+            except OSError:
+                rows.append([f, None, None])
+        out[name] = rows
+    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -665,8 +862,9 @@ class PredictResult:
     blocks_skipped: int
     windows: int
     seconds: float
-    area_km2: float
+    area_km2: float  # of the blocks this call ran (nodata included): the work done
     grid: OutputGrid = field(repr=False)
+    mapped_km2: float = math.nan  # of the map's pixels that are not nodata (NaN when this call did not assemble)
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -677,13 +875,13 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        raise InputError(f"rank {rank} is not in [0, world_size={world_size})")
     return rank, world_size
 
 
 def _check_predictor(predictor: Predictor) -> None:
     if predictor.kind not in ("dense", "point"):
-        raise ValueError(f"predictor.kind must be 'dense' or 'point', got {predictor.kind!r}")
+        raise InputError(f"predictor.kind must be 'dense' or 'point', got {predictor.kind!r}")
     class_map_meta(predictor.class_names, predictor.class_colors)  # validates names/colours/count
 
 
@@ -748,18 +946,30 @@ def predict_scene(
     out = Path(out)
     rank, world_size = _rank_world(rank, world_size)
     _check_predictor(predictor)
-    _check_outputs(output_paths(out, probabilities, quicklook), overwrite)
     if predictor.kind == "point":
         overlap = 0
-    day = None if until is None else np.datetime64(until, "D")
+    _check_options(window, overlap, batch_size, block_size, point_batch)
+    _check_outputs(output_paths(out, probabilities, quicklook), overwrite)
+    device = resolve_device(device)
+    try:
+        day = None if until is None else np.datetime64(until, "D")
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--until-date {until!r} is not a date YYYY-MM-DD ({e})") from None
     names = _canonical_names(predictor, list(sources))
-    maps = {names.get(k, k): v for k, v in (band_map or {}).items()}
+    by_alias = {alias.lower(): key for key, src in predictor.sources.items() for alias in (key, src.name, *src.aliases)}
+    unknown = [k for k in band_map or {} if names.get(k, by_alias.get(k.lower())) not in set(names.values())]
+    if unknown:
+        raise InputError(f"--band-map {unknown[0]}: not a source of this run ({list(sources)}); "
+                         "a band map names a --source")
+    maps = {names.get(k, by_alias.get(k.lower(), k)): v for k, v in (band_map or {}).items()}
     stacks = {names[n]: _open(names[n], v, predictor.sources[names[n]], maps.get(names[n]))
               for n, v in sources.items()}
     stacks = {k: stacks[k] for k in predictor.sources}  # model order
     grid = output_grid(stacks, crs=crs, resolution=resolution, bounds=bounds)
+    _check_grid_size(grid, stacks, resolution)
     tg = TileGrid(grid.height, grid.width, window, overlap, block_size)
     readers = _make_readers(predictor, stacks, grid, window, day, maps)
+    _check_memory(readers, tg, len(predictor.class_names), batch_size)
     if getattr(predictor, "uses_dates", False):
         predictor = _Dated(predictor, {r.name: r.dates for r in readers})
     if rank == 0:
@@ -769,24 +979,37 @@ def predict_scene(
     default_dir = block_dir is None
     store = BlockStore(out.parent / f".{out.name}.blocks" if default_dir else block_dir)
     tags = _provenance_tags(readers, maps, day, tg, predictor.kind, provenance)
+    fresh = not store.root.exists()
     store.init({"grid": grid.to_json(), "window": window, "overlap": overlap, "block": block_size,
                 "kind": predictor.kind, "class_names": list(predictor.class_names),
                 "class_colors": [list(c) for c in predictor.class_colors], "probabilities": probabilities,
-                "tags": tags, "subtitle": _subtitle(readers)})
+                "tags": tags, "subtitle": _subtitle(readers), "inputs": input_fingerprint(stacks)},
+               restart=default_dir and world_size == 1)  # ranks sharing a folder never delete each other's blocks
 
     mine = tg.blocks[rank::world_size]
-    todo = [b for b in mine if not store.done(b)]
+    todo = [b for b in mine if not store.check(b)]
     if len(todo) < len(mine):
         log.info("%s: %d of %d blocks already done, skipping them", store.root, len(mine) - len(todo), len(mine))
-    windows = _run_blocks(predictor, readers, tg, todo, store, batch_size=batch_size, probabilities=probabilities,
-                          device=_device(predictor, device), point_batch=point_batch, progress=progress)
+    try:
+        windows = _run_blocks(predictor, readers, tg, todo, store, batch_size=batch_size,
+                              probabilities=probabilities, device=_device(predictor, device),
+                              point_batch=point_batch, progress=progress)
+    except BaseException:
+        if default_dir and fresh and not store.blocks():  # nothing to resume: leave no hidden folder behind
+            shutil.rmtree(store.root, ignore_errors=True)
+        raise
     store.mark_rank(rank, world_size)
 
     outputs: dict[str, Path] = {}
+    mapped_km2 = math.nan
     if finalize and all(store.done(b) for b in tg.blocks):
         if world_size == 1 or store.try_lock():  # among ranks, the first to see all blocks assembles
             try:
-                outputs = assemble(store.root, out, overwrite=overwrite, quicklook=quicklook)
+                outputs, mapped_km2 = _assemble(store.root, out, overwrite=overwrite, quicklook=quicklook)
+            except NothingMappedError:
+                if default_dir:  # all-nodata blocks are worth nothing to a rerun
+                    shutil.rmtree(store.root, ignore_errors=True)
+                raise
             finally:
                 store.unlock()
             if default_dir:
@@ -795,4 +1018,4 @@ def predict_scene(
             log.warning("%s is locked: another rank is assembling %s (or one died doing so: then run "
                         "assemble(%r, %r))", store.root, out, str(store.root), str(out))
     return PredictResult(outputs, store.root, len(todo), len(mine) - len(todo), windows,
-                         time.perf_counter() - t0, sum(grid.area_km2(b.rect) for b in todo), grid)
+                         time.perf_counter() - t0, sum(grid.area_km2(b.rect) for b in todo), grid, mapped_km2)

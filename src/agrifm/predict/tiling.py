@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from agrifm.errors import InputError
 
 __all__ = ["Rect", "Tile", "Block", "TileGrid", "Accumulator", "Partial", "window_starts", "ramp",
            "blend_weights", "ring"]
@@ -87,7 +88,7 @@ def window_starts(length: int, window: int, overlap: int) -> np.ndarray:
     """Offsets of the windows covering ``[0, length)``: 0, stride, 2*stride... until covered."""
     _check_window(window, overlap)
     if length < 1:
-        raise ValueError(f"cannot tile an axis of length {length}")
+        raise InputError(f"cannot tile an axis of length {length}")
     stride = window - overlap
     n = 1 if length <= window else math.ceil((length - window) / stride) + 1
     return np.arange(n, dtype=np.int64) * stride
@@ -115,9 +116,9 @@ def blend_weights(window: int, overlap: int) -> np.ndarray:
 
 def _check_window(window: int, overlap: int) -> None:
     if window < 1:
-        raise ValueError(f"window must be at least 1 pixel, got {window}")
+        raise InputError(f"window must be at least 1 pixel, got {window}")
     if not 0 <= 2 * overlap <= window:
-        raise ValueError(f"overlap must be in [0, window/2] = [0, {window // 2}], got {overlap}")
+        raise InputError(f"overlap must be in [0, window/2] = [0, {window // 2}], got {overlap}")
 
 
 def ring(outer: Rect, inner: Rect) -> list[Rect]:
@@ -146,9 +147,9 @@ class TileGrid:
     def __post_init__(self) -> None:
         _check_window(self.window, self.overlap)
         if self.height < 1 or self.width < 1:
-            raise ValueError(f"empty output grid {self.height}x{self.width}")
+            raise InputError(f"empty output grid {self.height}x{self.width}")
         if self.block < 1:
-            raise ValueError(f"block size must be positive, got {self.block}")
+            raise InputError(f"block size must be positive, got {self.block}")
 
     @property
     def stride(self) -> int:

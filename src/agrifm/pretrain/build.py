@@ -37,6 +37,7 @@ from agrifm.io import write_text_atomic
 from agrifm.pretrain.fractions import NoOverlapError, check_overlap, class_fractions, read_landcover_window
 from agrifm.pretrain.landcover import CLASSES, load_mapping, report_unmapped
 from agrifm.pretrain.shards import ShardWriter
+from agrifm.errors import InputError, require_positive, user_input
 
 __all__ = ["build_pretrain_shards", "chip_offsets", "SpatialSplit", "main"]
 
@@ -47,9 +48,9 @@ _READ_BYTES = 512 << 20  # chips read at once are bounded by this much float32 d
 def chip_offsets(size: int, chip: int, stride: int) -> list[int]:
     """Chip starts along one axis: every ``stride`` px, plus one flush with the far edge."""
     if size < chip:
-        raise ValueError(f"the scene is {size} px along an axis, smaller than the chip size {chip}")
+        raise InputError(f"the scene is {size} px along an axis, smaller than the chip size {chip}")
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise InputError(f"stride must be >= 1, got {stride}")
     starts = list(range(0, size - chip + 1, stride))
     if starts[-1] != size - chip:
         starts.append(size - chip)
@@ -71,11 +72,11 @@ class SpatialSplit:
         val_fraction: float, seed: int,
     ) -> "SpatialSplit":
         if not 0 < val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+            raise InputError(f"--val-fraction must be in (0, 1), got {val_fraction}")
         split = cls(crs, (transform.c, transform.f), (block_px * abs(transform.a), block_px * abs(transform.e)))
         blocks = sorted({b for e in extents for b in split.blocks(e)})
         if len(blocks) < 2:
-            raise ValueError(
+            raise InputError(
                 f"--split-block {block_px} px gives a single block over the imagery: nothing to split; use smaller blocks"
             )
         n_val = min(len(blocks) - 1, max(1, round(val_fraction * len(blocks))))
@@ -159,12 +160,12 @@ def build_pretrain_shards(
     masks, bands = masks or {}, bands or {}
     for name in [*sources, *masks, *bands]:
         if not _NAME_RE.match(name):
-            raise ValueError(f"source name {name!r}: use letters, digits, '_' or '-'")
+            raise InputError(f"source name {name!r}: use letters, digits, '_' or '-'")
     for name in [*masks, *bands]:
         if name not in sources:
-            raise ValueError(f"--mask/--bands given for {name!r}, which is not a --source ({list(sources)})")
+            raise InputError(f"--mask/--bands given for {name!r}, which is not a --source ({list(sources)})")
     if period not in ("year", "all"):
-        raise ValueError(f"period must be 'year' or 'all', got {period!r}")
+        raise InputError(f"period must be 'year' or 'all', got {period!r}")
     mapping = load_mapping(classes if classes is not None else "glc_fcs30d")
     out_dir = Path(out)
     stacks = {
@@ -179,7 +180,7 @@ def build_pretrain_shards(
         chip = (chip_size or {}).get(n, 32 if "modis" in n.lower() else 128)
         cell = (cell_size or {}).get(n, max(1, chip // 8))
         if chip % cell:
-            raise ValueError(f"source {n}: chip size {chip} is not a multiple of the cell size {cell}")
+            raise InputError(f"source {n}: chip size {chip} is not a multiple of the cell size {cell}")
         sizes[n] = (chip, cell, (stride or {}).get(n, chip))
 
     if not Path(landcover).is_file():
@@ -340,14 +341,14 @@ def _named(values: Sequence[str] | None, what: str, names: Sequence[str], cast: 
         name, sep, rest = v.partition("=")
         if sep and _NAME_RE.match(name):
             if name not in names:
-                raise SystemExit(f"agrifm pretrain-data: {what} {v!r} names {name!r}, not a --source ({', '.join(names)})")
+                raise InputError(f"{what} {v!r} names {name!r}, not a --source ({', '.join(names)})")
             targets, value = [name], rest
         else:
             targets, value = list(names), v
         try:
             parsed = cast(value)
         except ValueError:
-            raise SystemExit(f"agrifm pretrain-data: {what} {v!r}: bad value {value!r}") from None
+            raise InputError(f"{what} {v!r}: bad value {value!r}") from None
         out.update({t: parsed for t in targets})
     return out
 
@@ -391,14 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep:
             name, path = re.sub(r"[^A-Za-z0-9_-]", "_", Path(v).stem), v
         if name in sources:
-            raise SystemExit(f"agrifm pretrain-data: source {name!r} given twice")
+            raise InputError(f"source {name!r} given twice")
         sources[name] = path
     names = list(sources)
-    try:
+    require_positive(samples_per_shard=a.samples_per_shard, split_block=a.split_block, min_frames=a.min_frames)
+    for option, values in (("chip_size", a.chip_size), ("cell_size", a.cell_size), ("stride", a.stride)):
+        require_positive(**{option: min(_named(values, f"--{option.replace('_', '-')}", names, int).values(), default=None)})
+    with user_input():  # the dispatcher prints it (agrifm.cli.report_error)
         summary = _build_from_args(a, sources, names)
-    except (ValueError, OSError) as err:  # bad input: a message, not a traceback
-        print(f"agrifm pretrain-data: error: {err}", file=sys.stderr)
-        return 2
     _print_summary(summary)
     return 0
 

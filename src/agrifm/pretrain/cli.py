@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from agrifm.io import atomic_output, write_text_atomic
-from agrifm.pretrain.shards import ShardDataset, ShardError
+from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source, get_source
+from agrifm.errors import InputError, OutputExistsError, TooLargeError, user_input
 
 __all__ = ["main", "run", "parse_args", "SourceShards", "open_shard_sets", "source_statistics", "describe_source", "model_config",
            "export_outputs"]
@@ -67,7 +68,7 @@ def open_shard_sets(paths: Sequence[str | Path], what: str = "--data") -> dict[s
         name, bands = index["source"], list(index["bands"])
         s = sets.setdefault(name, SourceShards(name, [], bands, list(index["class_names"]), []))
         if bands != s.bands:
-            raise ValueError(f"{what} {folder}: source {name!r} has bands {bands}, {s.dirs[0]} has {s.bands}")
+            raise InputError(f"{what} {folder}: source {name!r} has bands {bands}, {s.dirs[0]} has {s.bands}")
         s.dirs.append(folder)
         s.indexes.append(index)
     for shard in everything.shards:
@@ -94,7 +95,7 @@ def source_statistics(shards: SourceShards, max_samples: int = 512) -> tuple[lis
     try:
         result = running.result(shards.bands)
     except ValueError as err:
-        raise ValueError(f"source {shards.name!r} ({shards.dirs[0]}): {err} in the first {n} samples") from None
+        raise InputError(f"source {shards.name!r} ({shards.dirs[0]}): {err} in the first {n} samples") from None
     return result.mean.tolist(), np.maximum(result.std, 1e-6).tolist(), f"data pass over {n} samples"
 
 
@@ -125,7 +126,7 @@ def model_config(spec: str, *, sources: dict[str, int], num_classes: int, frames
         loaded = yaml.safe_load(path.read_text()) or {}
         model: Any = loaded.get("model", loaded) if isinstance(loaded, dict) else None
         if not isinstance(model, dict):
-            raise ValueError(f"--model {spec}: expected a mapping of model settings")
+            raise InputError(f"--model {spec}: expected a mapping of model settings")
     else:
         model = spec
     # Pre-training pools time by a mean; the exported AgriFM must do the same for its head to fit.
@@ -293,9 +294,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(a: argparse.Namespace) -> None:
     for name in ("max_steps", "batch_size", "accumulate", "frames", "log_every", "val_every", "ckpt_every", "stats_samples"):
         if getattr(a, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.workers < 0 or a.shuffle_buffer < 0:
-        raise ValueError("--workers and --shuffle-buffer must be >= 0")
+        raise InputError("--workers and --shuffle-buffer must be >= 0")
 
 
 def _datasets(sets: dict[str, SourceShards], sources: dict[str, Source], a: argparse.Namespace, *, train: bool) -> dict[str, ShardDataset]:
@@ -309,11 +310,48 @@ def _run_dir(a: argparse.Namespace) -> tuple[Path, Path]:
     """(RUN_DIR, its last checkpoint), refusing to resume nothing or to overwrite a run silently."""
     out = Path(a.out)
     last = out / "checkpoints" / "last.ckpt"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a run folder")
     if a.resume and not last.exists():
         raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in {out})")
-    if not a.resume and not a.overwrite and last.exists():
-        raise FileExistsError(f"{out} holds a run ({last}): pass --resume to continue it or --overwrite to start afresh")
+    held = [p for p in (last, *(out / n for n in RUN_OUTPUTS)) if p.exists()]
+    if not a.resume and not a.overwrite and held:
+        raise OutputExistsError(f"{out} holds a run ({held[0]}): pass --resume to continue it or --overwrite to start afresh")
     return out, last
+
+
+RUN_OUTPUTS = ("model.safetensors", "encoder_published.pth", "summary.json", "metrics.csv")
+
+
+def memory_estimate(cfg: Any, train_sets: dict[str, SourceShards], batch_size: int, frames: int,
+                    checkpointing: bool) -> int:
+    """A lower bound of the bytes one training step keeps for backward: the batch and the
+    backbone's activations (about 12 floats per token and channel per block)."""
+    from agrifm.models.config import level_shapes
+
+    total = 0
+    for s in train_sets.values():
+        chip = max(int(i.get("chip_size") or 0) for i in s.indexes) or 128
+        data = batch_size * frames * (len(s.bands) + 1) * chip * chip * 4
+        acts = 0
+        for i, ((_, d), depth) in enumerate(zip(level_shapes(cfg, frames), cfg.depths)):
+            tokens = d * math.ceil(chip / (cfg.patch_size[1] * 2**i)) * math.ceil(chip / (cfg.patch_size[2] * 2**i))
+            acts += tokens * cfg.embed_dim * 2**i * 12 * (1 if checkpointing else depth)
+        total = max(total, data + batch_size * acts * 4)
+    return total
+
+
+def _check_memory(a: argparse.Namespace, cfg: Any, train_sets: dict[str, SourceShards]) -> None:
+    from agrifm.predict.engine import available_memory
+
+    need = memory_estimate(cfg, train_sets, a.batch_size, a.frames, a.activation_checkpointing)
+    gpu = torch.cuda.is_available() and a.devices != "0"
+    have = torch.cuda.get_device_properties(0).total_memory if gpu else available_memory()
+    if need > have:
+        raise TooLargeError(f"--batch-size {a.batch_size} with --frames {a.frames} needs at least {need / 2**30:.1f} GiB "
+                            f"per step, {have / 2**30:.1f} GiB of {'GPU' if gpu else ''} memory "
+                            f"{'exist' if gpu else 'are available'}: use a smaller --batch-size (with --accumulate) "
+                            "or fewer --frames, or --activation-checkpointing")
 
 
 def _inputs(a: argparse.Namespace) -> tuple[dict[str, SourceShards], dict[str, SourceShards], list[str]]:
@@ -324,10 +362,10 @@ def _inputs(a: argparse.Namespace) -> tuple[dict[str, SourceShards], dict[str, S
     for what, sets in (("--data", train_sets), ("--val-data", val_sets)):
         for s in sets.values():
             if s.class_names != class_names:
-                raise ValueError(f"{what} {s.dirs[0]}: class names {s.class_names} differ from {class_names}")
+                raise InputError(f"{what} {s.dirs[0]}: class names {s.class_names} differ from {class_names}")
     unknown = sorted(set(val_sets) - set(train_sets))
     if unknown:
-        raise ValueError(f"--val-data has source(s) {unknown} that no --data set trains ({sorted(train_sets)})")
+        raise InputError(f"--val-data has source(s) {unknown} that no --data set trains ({sorted(train_sets)})")
     return train_sets, val_sets, class_names
 
 
@@ -367,6 +405,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     train_sets, val_sets, class_names = _inputs(a)
     cfg = model_config(a.model, sources={n: len(s.bands) for n, s in train_sets.items()}, num_classes=len(class_names),
                        frames=a.frames)
+    _check_memory(a, cfg, train_sets)
     norm = {n: source_statistics(s, a.stats_samples) for n, s in train_sets.items()}
     sources = {n: describe_source(s, *norm[n][:2]) for n, s in train_sets.items()}
     if a.precision == "auto":
@@ -434,12 +473,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``agrifm pretrain``."""
     a = parse_args(argv)
-    try:
+    with user_input():  # the dispatcher prints it (agrifm.cli.report_error)
         summary = run(a)
-    except (ShardError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
     from agrifm.pretrain.task import rank_world
 
     if rank_world()[0] == 0:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from agrifm.pretrain.landcover import CLASSES, NODATA, apply_mapping, report_unmapped
+from agrifm.errors import AgrifmError
 
 __all__ = [
     "CellGrid",
@@ -41,7 +42,7 @@ CellGrid = tuple[Any, Any, tuple[int, int]]
 _TOL = 1e-6  # relative tolerance (in pixels) for "integer" ratios and offsets
 
 
-class NoOverlapError(ValueError):
+class NoOverlapError(AgrifmError, ValueError):
     """The land-cover raster and the imagery (or a chip of it) do not overlap."""
 
 

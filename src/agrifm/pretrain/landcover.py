@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from agrifm.errors import AgrifmError
 
 __all__ = [
     "CLASSES",
@@ -127,7 +128,7 @@ PRESETS: dict[str, dict[int, int]] = {
 }
 
 
-class UnmappedCodesError(ValueError):
+class UnmappedCodesError(AgrifmError, ValueError):
     """Raised (``strict=True``) when a land-cover raster holds codes that no mapping covers."""
 
 

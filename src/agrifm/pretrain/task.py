@@ -35,6 +35,7 @@ from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fracti
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
 from agrifm.tasks.base import warmup_cosine
+from agrifm.errors import InputError
 
 __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "PrepareSample", "MetricsLog",
            "predict_fractions", "shard_dataset", "rank_world", "gather_objects"]
@@ -145,10 +146,11 @@ class _SourceStream:
                     break
                 self.dataset.set_epoch(self.dataset.epoch + 1)
         rank, world = self.dataset.rank_world()
-        raise RuntimeError(
+        raise InputError(
             f"source {self.name!r}: rank {rank}/{world} got no full batch of {self.batch_size} in a whole epoch "
             f"({self.dataset.num_samples} samples in {len(self.dataset.shards)} shards, stats {self.dataset.stats}); "
             "use a smaller --batch-size, fewer processes, or more/smaller shards"
+            + (f"; {self.dataset.stats['short']} series were shorter than --frames" if self.dataset.stats.get("short") else "")
         )
 
 
@@ -163,7 +165,7 @@ class SourceMixer(IterableDataset):
     def __init__(self, datasets: Mapping[str, ShardDataset], batch_size: int, *, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if not datasets:
-            raise ValueError("no training sources")
+            raise InputError("no training sources")
         self.streams = {n: _SourceStream(n, ds, batch_size, num_workers) for n, ds in datasets.items()}
         counts = np.array([ds.num_samples for ds in datasets.values()], dtype=np.float64)
         self.weights = counts / counts.sum()
@@ -210,7 +212,7 @@ class SourceMixer(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if set(state["sources"]) != set(self.streams):
-            raise ValueError(f"resume state has sources {sorted(state['sources'])}, this run {sorted(self.streams)}")
+            raise InputError(f"resume state has sources {sorted(state['sources'])}, this run {sorted(self.streams)}")
         self.index = int(state["index"])
         self.samples = dict(state["samples"])
         self.skips = copy.deepcopy(state["skips"])
@@ -243,29 +245,64 @@ def predict_fractions(model: PretrainModel, batch: Batch) -> torch.Tensor:
     return model(batch["source"], batch["x"], batch["dates"], tuple(batch["fractions"].shape[-2:]))
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random stream a training step draws from in this process: torch (CPU, CUDA), numpy, Python."""
+    import random
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),  # plain types: loads with weights_only
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, np.int64)), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.int64).astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class StreamState(L.Callback):
-    """Marks trained batches consumed; saves every rank's stream position in the checkpoint.
+    """Marks trained batches consumed; saves every rank's stream position and random state in
+    the checkpoint, so a resumed run draws the same batches, frames and drop-path masks.
 
     Runs before ModelCheckpoint (Lightning orders checkpoint callbacks last), so a checkpoint
-    written at a step includes that step's batches.
+    written at a step includes that step's batches and its metrics row. The random state is
+    put back just before the first resumed step (after the data loader, which draws a seed
+    from torch's generator when it starts, has started).
     """
 
     def __init__(self, mixer: SourceMixer) -> None:
         self.mixer = mixer
+        self._pending_rng: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int) -> None:
         self.mixer.mark_consumed(batch)
+        record = getattr(pl_module, "record_step", None)
+        if record is not None:  # the step's metrics row, before ModelCheckpoint saves this step
+            record()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ranks": gather_objects(self.mixer.state_dict())}
+        return {"ranks": gather_objects(self.mixer.state_dict()), "rng": gather_objects(rng_state())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rank, world = rank_world()
         ranks = state_dict["ranks"]
         if len(ranks) != world:
-            raise ValueError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
+            raise InputError(f"the checkpoint was written by {len(ranks)} processes, this run has {world}: "
                              "resume with the same number of processes (the shard assignment depends on it)")
         self.mixer.load_state_dict(ranks[rank])
+        rngs = state_dict.get("rng")  # absent in checkpoints of earlier versions
+        self._pending_rng = rngs[rank] if rngs and len(rngs) == world else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,9 +383,9 @@ class PretrainTask(L.LightningModule):
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_momentum <= 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
+            raise InputError(f"ema_momentum must be in [0, 1], got {ema_momentum}")
         if not 0.0 <= teacher_weight <= 1.0:
-            raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+            raise InputError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
         self.save_hyperparameters()
         self.model = PretrainModel(ModelConfig.from_dict(dict(model)))
         self.model.set_checkpointing(checkpointing)
@@ -436,6 +473,11 @@ class PretrainTask(L.LightningModule):
         self._row_step = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.record_step()
+
+    def record_step(self) -> None:
+        """The metrics row of a finished optimiser step (once per step; StreamState calls it
+        before a checkpoint of that step is written)."""
         step = self.global_step
         if step == self._row_step or self._acc is None:
             return  # inside an accumulation window

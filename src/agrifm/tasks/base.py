@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from agrifm.checkpoint import save_model
+from agrifm.errors import InputError
 from agrifm.models.agrifm import AgriFM, build_model
 from agrifm.models.config import ModelConfig
 from agrifm.sensors import Source, get_source
@@ -166,6 +167,14 @@ class AgriFMTask(L.LightningModule):
 
     def forward(self, inputs: Mapping[str, torch.Tensor], dates: Mapping[str, torch.Tensor] | None = None, **kw) -> torch.Tensor:
         return self.model(inputs, dates, **kw)
+
+    def _check_classes(self, target: torch.Tensor, batch: Mapping[str, Any], k: int) -> None:
+        """A label >= K would index out of range deep inside the loss (a CUDA assert); name it here."""
+        bad = (target >= k) | ((target < 0) & (target != self.ignore_index))
+        if bad.any():
+            values = sorted({int(v) for v in target[bad].unique()[:10]})
+            raise InputError(f"labels {values} are outside 0..{k - 1} (classes {self.class_names}) and are not "
+                             f"ignore_index={self.ignore_index}; samples {list(batch.get('id') or [])[:8]}")
 
     def _check_loss(self, loss: torch.Tensor, batch: Mapping[str, Any], batch_idx: int) -> None:
         if not torch.isfinite(loss):

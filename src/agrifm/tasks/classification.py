@@ -39,6 +39,7 @@ class ClassificationTask(AgriFMTask):
         inputs, dates = self._augment(batch)
         logits = self.model(inputs, dates, weights=batch.get("weights"))
         target = batch["label"].long()
+        self._check_classes(target, batch, len(self.class_names))
         loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index, label_smoothing=self.hparams.label_smoothing)
         return loss, logits.detach(), target
 

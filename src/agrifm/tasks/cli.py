@@ -16,8 +16,10 @@ split) and frame count are linked into the task, so they travel into the exporte
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 # The task modules are imported so that short class_path names (SegmentationTask, ...) resolve.
+from agrifm.errors import InputError, OutputExistsError, user_input
 from agrifm.tasks import boundary, classification, segmentation  # noqa: F401
 from agrifm.tasks.base import AgriFMTask
 from agrifm.tasks.callbacks import RunCheckpoint, checkpoint_dir, find_run_checkpoint
@@ -57,12 +60,59 @@ def load_weights(task: AgriFMTask, path: Path) -> None:
     task.load_state_dict(state)
 
 
+_EPILOG = """\
+Start from an example config in the configs/ folder of the agrifm sources (e.g.
+configs/pastis_s2.yaml, configs/sinop_points.yaml) and override single settings on the
+command line, e.g. --trainer.max_epochs 5. Options of the model and the data are listed by
+--model.help CLASS and --data.help CLASS.
+
+Everything of a run lives in trainer.default_root_dir (default runs/agrifm):
+  checkpoints/best.ckpt, checkpoints/last.ckpt   resume with --ckpt_path last
+  logs/version_N/metrics.csv, config.yaml        training log, the resolved config
+  model.safetensors                              written at the end of fit (for agrifm predict)
+  test/ or validate/                             metrics.json, report.md and PNG figures
+fit refuses a run folder that holds a finished or started run unless --overwrite (start
+afresh, replacing it) or --ckpt_path last (continue it) is given.
+"""
+_DESCRIPTIONS = {
+    "fit": "Fine-tune a model: train, keep the best and last checkpoints, export model.safetensors.",
+    "validate": "Evaluate a model on the validation split; writes RUN/validate/ (metrics.json, report.md, figures).",
+    "test": "Evaluate a model on the test split; writes RUN/test/ (metrics.json, report.md, figures).",
+}
+
+
+def plain_text(text: str) -> str:
+    """Help text without reStructuredText markup: ``x`` -> x, :class:`a.B` -> B."""
+    text = re.sub(r":(?:class|func|meth|attr|mod|obj|paramref|ref):`~?(?:[\w.]*\.)?([^`<]+?)(?: <[^>]+>)?`", r"\1", text)
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    return re.sub(r"`([^`]*)`_?", r"\1", text)
+
+
+class HelpParser(LightningArgumentParser):
+    """``usage: agrifm fit ...``; help without reStructuredText markup."""
+
+    def format_usage(self) -> str:
+        return plain_text(super().format_usage()).replace("agrifm [options] ", "agrifm ")
+
+    def format_help(self) -> str:
+        epilog, self.epilog = self.epilog, None  # printed as written (a table), not re-flowed
+        try:
+            text = plain_text(super().format_help()).replace("agrifm [options] ", "agrifm ")
+        finally:
+            self.epilog = epilog
+        return f"{text}\n{epilog}" if epilog else text
+
+
 class AgriFMCLI(LightningCLI):
     """LightningCLI with AgriFM defaults; ``args`` as for LightningCLI (a list of CLI tokens)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_class", HelpParser)
+        kwargs.setdefault("parser_kwargs", {
+            "prog": "agrifm", **{k: {"description": d, "epilog": _EPILOG, "prog": f"agrifm {k}"}
+                                 for k, d in _DESCRIPTIONS.items()}})
         super().__init__(AgriFMTask, AgriFMDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, args=args,
                          **kwargs)
@@ -72,6 +122,8 @@ class AgriFMCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="fit: start afresh in a run folder that holds a run, replacing it")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val_mf1", "checkpoint.mode": "max", "checkpoint.filename": "best",
                              "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
@@ -105,11 +157,12 @@ class AgriFMCLI(LightningCLI):
         """``best``/``last`` -> this run's file; none given -> the first of ``fallback`` found."""
         sub = self.config_init[self.subcommand]
         given = sub.get("ckpt_path")
-        if not given and self.subcommand == "fit" and find_run_checkpoint(self.trainer, "last"):
-            rank_zero_warn(f"{checkpoint_dir(self.trainer)} holds a last.ckpt: this run starts over and replaces "
-                           "it (pass --ckpt_path last to resume)")
+        if not given and self.subcommand == "fit":
+            self._refuse_replacing_a_run(bool(sub.get("overwrite")))
         for which in ([given] if given else fallback):
             path = find_run_checkpoint(self.trainer, which)
+            if path is not None and not zipfile.is_zipfile(path):  # what torch.save writes
+                raise InputError(f"--ckpt_path {path} is not a Lightning checkpoint (.ckpt)")
             if path is not None:
                 sub["ckpt_path"] = str(path)
                 rank_zero_info(f"checkpoint: {path}")
@@ -123,12 +176,26 @@ class AgriFMCLI(LightningCLI):
             rank_zero_warn(f"no checkpoint in {folder}: evaluating the model as configured (init_checkpoint or random)")
         sub["ckpt_path"] = None
 
+    def _refuse_replacing_a_run(self, overwrite: bool) -> None:
+        """A fresh fit into a folder holding a run's model or checkpoints needs ``--overwrite``."""
+        held = [p for p in (self.run_dir / EXPORT_NAME, find_run_checkpoint(self.trainer, "last"),
+                            find_run_checkpoint(self.trainer, "best")) if p is not None and Path(p).exists()]
+        if not held:
+            return
+        if not overwrite:
+            raise OutputExistsError(f"run folder {self.run_dir} holds a run ({held[0]}): pass --ckpt_path last to "
+                                    "continue it, --overwrite to start afresh and replace it, or another "
+                                    "--trainer.default_root_dir")
+        rank_zero_warn(f"--overwrite: this run starts afresh; removed {', '.join(map(str, held))}")
+        for path in held:  # a stale best.ckpt would otherwise be what 'test' evaluates later
+            Path(path).unlink(missing_ok=True)
+
     def _check_class_names(self) -> None:
         """Data that name their classes (points, tables) must agree with the model's class order."""
         names = getattr(self.datamodule, "class_names", None)
         task: AgriFMTask = self.model
         if names and task.hparams.task_name != "boundary" and list(names) != list(task.class_names):
-            raise ValueError(f"the data's classes {list(names)} differ from the model's class_names "
+            raise InputError(f"the data's classes {list(names)} differ from the model's class_names "
                              f"{task.class_names}; give the list once (a YAML anchor: &classes / *classes)")
 
     def before_fit(self) -> None:
@@ -185,12 +252,13 @@ class AgriFMCLI(LightningCLI):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``argv`` = ``[fit|validate|test, options...]`` (``agrifm.cli`` passes the command first)."""
-    if argv is None or list(argv) == sys.argv[1:]:
-        AgriFMCLI()  # LightningCLI reads sys.argv itself
-        return 0
-    with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        AgriFMCLI(args=list(argv))
+    with user_input():  # the data's checks raise ValueError/KeyError: the dispatcher prints one line
+        if argv is None or list(argv) == sys.argv[1:]:
+            AgriFMCLI()  # LightningCLI reads sys.argv itself
+            return 0
+        with warnings.catch_warnings():  # called from Python on purpose (tests, notebooks): not a mistake
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            AgriFMCLI(args=list(argv))
     return 0
 
 

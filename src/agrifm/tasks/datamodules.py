@@ -31,6 +31,7 @@ from agrifm.data.datasets import H5SampleDataset, TableDataset, collate
 from agrifm.data.splits import block_groups, split_parts
 from agrifm.data.stats import BandStats, band_stats
 from agrifm.sensors import Source, get_source, list_sources
+from agrifm.errors import InputError
 
 __all__ = ["AgriFMDataModule", "H5DataModule", "TableDataModule", "ChipDataModule", "ChipDataset",
            "source_from_spec", "spatial_split"]
@@ -54,7 +55,7 @@ def source_from_spec(key: str, spec: SourceSpec | Source) -> tuple[Source, bool]
         return get_source(spec or key), False
     d = dict(spec)
     if "bands" not in d:
-        raise ValueError(f"source {key!r}: a source description needs 'bands' (or give the name of a "
+        raise InputError(f"source {key!r}: a source description needs 'bands' (or give the name of a "
                          f"registered source: {list_sources()})")
     d.setdefault("name", key)
     d.setdefault("resolution_m", 0.0)
@@ -65,7 +66,7 @@ def source_from_spec(key: str, spec: SourceSpec | Source) -> tuple[Source, bool]
     try:
         return Source.from_dict(d), lacks
     except TypeError as e:
-        raise ValueError(f"source {key!r}: {e}") from None
+        raise InputError(f"source {key!r}: {e}") from None
 
 
 def _spec_items(sources: SourcesArg) -> list[tuple[str, SourceSpec]]:
@@ -107,6 +108,9 @@ class AgriFMDataModule(L.LightningDataModule):
     def __init__(self, sources: SourcesArg, *, frames: int | None = None, batch_size: int = 4,
                  num_workers: int = 0, compute_stats: bool | list[str] = False, seed: int = 0) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0 or (frames is not None and frames < 1):
+            raise InputError(f"data: batch_size must be >= 1 (got {batch_size}), num_workers >= 0 (got {num_workers}) "
+                             f"and frames >= 1 or null (got {frames})")
         self.source_specs = sources
         self.frames = frames
         self.batch_size = batch_size
@@ -121,7 +125,7 @@ class AgriFMDataModule(L.LightningDataModule):
         """Sources as described (bands known), before any statistics are computed."""
         items = _spec_items(self.source_specs)
         if not items:
-            raise ValueError(f"{type(self).__name__}: no sources given")
+            raise InputError(f"{type(self).__name__}: no sources given")
         return {key: source_from_spec(key, spec) for key, spec in items}
 
     @cached_property
@@ -130,7 +134,7 @@ class AgriFMDataModule(L.LightningDataModule):
         asked = self.compute_stats if isinstance(self.compute_stats, list) else []
         unknown = sorted(set(asked) - set(self.base_sources))
         if unknown:
-            raise ValueError(f"compute_stats names unknown source(s) {unknown}; sources: {list(self.base_sources)}")
+            raise InputError(f"compute_stats names unknown source(s) {unknown}; sources: {list(self.base_sources)}")
         out = {}
         for key, (src, lacks) in self.base_sources.items():
             wanted = self.compute_stats is True or (isinstance(self.compute_stats, list) and key in self.compute_stats)
@@ -177,7 +181,7 @@ class AgriFMDataModule(L.LightningDataModule):
             if split == "val":
                 rank_zero_warn(f"{type(self).__name__}: no validation samples; validation is skipped")
                 return []
-            raise ValueError(f"{type(self).__name__}: the {split!r} split has no samples")
+            raise InputError(f"{type(self).__name__}: the {split!r} split has no samples")
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0)
 
@@ -248,7 +252,7 @@ class TableDataModule(AgriFMDataModule):
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction,
                           "test": 0.0 if test_path else test_fraction}
         if min(self.fractions.values()) < 0:
-            raise ValueError(f"val_fraction {val_fraction} + test_fraction {test_fraction} exceed 1")
+            raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction} exceed 1")
 
     @cached_property
     def table(self) -> Any:
@@ -330,10 +334,10 @@ class ChipDataModule(AgriFMDataModule):
         super().__init__(sources if sources is not None else list(stacks), frames=frames, batch_size=batch_size,
                          num_workers=num_workers, compute_stats=compute_stats, seed=seed)
         if (labels is None) == (points is None):
-            raise ValueError("ChipDataModule needs exactly one of labels= (a label raster) or points= (samples)")
+            raise InputError("ChipDataModule needs exactly one of labels= (a label raster) or points= (samples)")
         missing = [k for k in self.base_sources if k not in stacks]
         if missing:
-            raise ValueError(f"sources {missing} have no entry in stacks= (stacks: {list(stacks)})")
+            raise InputError(f"sources {missing} have no entry in stacks= (stacks: {list(stacks)})")
         self.stack_paths, self.band_map = dict(stacks), {k: dict(v) for k, v in (band_map or {}).items()}
         self.labels, self.label_band, self.ignore_values = labels, label_band, list(ignore_values)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()} or None
@@ -342,7 +346,7 @@ class ChipDataModule(AgriFMDataModule):
         self.split_block, self.until, self.resampling = split_block, until, resampling
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         if min(self.fractions.values()) < 0:
-            raise ValueError(f"val_fraction {val_fraction} + test_fraction {test_fraction} exceed 1")
+            raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction} exceed 1")
 
     # -- stacks and chips
     @cached_property
@@ -364,7 +368,7 @@ class ChipDataModule(AgriFMDataModule):
         ref = self.stacks[self.reference]
         first = next((c for split in SPLITS for c in self.chips[split]), None)
         if first is None:
-            raise ValueError(f"no chip with a labelled pixel in {self.labels or self.points} over {ref.path}")
+            raise InputError(f"no chip with a labelled pixel in {self.labels or self.points} over {ref.path}")
         probe = ChipReader(self.stacks, {}, self.until, self.resampling).read(replace(first, ref=None))
         return ChipReader(self.stacks, {k: a.data.shape[-2:] for k, a in probe.items()}, self.until, self.resampling)
 
@@ -384,7 +388,7 @@ class ChipDataModule(AgriFMDataModule):
         with rasterio.open(self.labels) as src:
             if src.crs != ref.crs or (src.height, src.width) != (ref.height, ref.width) or \
                     not src.transform.almost_equals(ref.transform, precision=1e-6 * ref.res[0]):
-                raise ValueError(f"label raster {self.labels} ({src.crs}, {src.height}x{src.width}, "
+                raise InputError(f"label raster {self.labels} ({src.crs}, {src.height}x{src.width}, "
                                  f"{tuple(src.transform)[:6]}) is not on the grid of source {self.reference!r} "
                                  f"{ref.path} ({ref.crs}, {ref.height}x{ref.width}, {tuple(ref.transform)[:6]})")
             raw = src.read(self.label_band, masked=True)

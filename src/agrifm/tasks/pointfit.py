@@ -165,13 +165,38 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             states = list(pool.map(_fit_member_state, jobs))
     task = _new_task(table, train_index, source, configs[0], class_colors)
     task.model = Ensemble.build(task.model.config, cfg.members)
     for member, state in zip(task.model.members, states):
         member.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     return task.eval()
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when ``parent`` dies (SIGTERM, SIGKILL), not train on
+    as an orphan. Linux: the kernel's parent-death signal; elsewhere a thread watching the parent."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agrifm-die-with-parent", daemon=True).start()
 
 
 def _usable_cores() -> int:

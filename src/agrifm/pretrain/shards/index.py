@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agrifm.errors import AgrifmError
+
 FORMAT = "agrifm-shards/1"
 INDEX_NAME = "index.json"
 FIELDS = ("x.npy", "valid.npy", "dates.npy", "fractions.npy", "frac_valid.npy", "meta.json")
@@ -18,7 +20,7 @@ _INT16_NAN = -32768
 T = TypeVar("T")
 
 
-class ShardError(RuntimeError):
+class ShardError(AgrifmError, RuntimeError):
     """A shard file is missing, truncated or unreadable (the message names it)."""
 
 
