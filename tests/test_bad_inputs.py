@@ -171,6 +171,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "truncated.safetensors").write_bytes(ckpt.read_bytes()[:200])
     (w / "empty.safetensors").write_bytes(b"")
     (w / "text.safetensors").write_text("hello\n")
+    torch.save({"state_dict": state, "hyper_parameters": {}}, w / "last.ckpt")  # what agrifm fit leaves
     with rasterio.open(w / "lc.tif", "w", driver="GTiff", width=24, height=20, count=1, dtype="uint8",
                        crs="EPSG:32631", transform=from_origin(*ORIGIN, 10, 10)) as ds:
         ds.write(rng.integers(1, 5, (1, 20, 24)).astype(np.uint8))
@@ -246,6 +247,7 @@ PREDICT = [
     Case("ckpt-empty", ["predict", "--checkpoint", "{w}/empty.safetensors", *GOOD, *OUT], r"empty\.safetensors: not a readable"),
     Case("ckpt-truncated", ["predict", "--checkpoint", "{w}/truncated.safetensors", *GOOD, *OUT], r"truncated\.safetensors: not a readable"),
     Case("ckpt-no-metadata", ["predict", "--checkpoint", "{w}/plain.safetensors", *GOOD, *OUT], r"plain\.safetensors: a \.safetensors file without agrifm metadata"),
+    Case("ckpt-lightning", ["predict", "--checkpoint", "{w}/last.ckpt", *GOOD, *OUT], r"last\.ckpt: a Lightning training checkpoint; 'agrifm fit' exports .*model\.safetensors"),
     Case("ckpt-nan-weights", ["predict", "--checkpoint", "{w}/nan.safetensors", *GOOD, *OUT], r"nan\.safetensors: weights .* NaN/inf"),
     Case("ckpt-inf-weights", ["predict", "--checkpoint", "{w}/inf.safetensors", *GOOD, *OUT], r"inf\.safetensors: weights .* NaN/inf"),
     Case("ckpt-pretrain-encoder", ["predict", "--checkpoint", "{w}/encoder.safetensors", *GOOD, *OUT], r"pre-training encoder"),

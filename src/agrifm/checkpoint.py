@@ -137,6 +137,10 @@ def read_metadata(path: str | Path) -> CheckpointMeta:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".ckpt":  # Lightning's training state, not a model file
+        raise InputError(f"{path}: a Lightning training checkpoint; 'agrifm fit' exports the model as "
+                         "model.safetensors in its run folder (trainer.default_root_dir) when training ends; "
+                         "an interrupted run finishes and exports with 'agrifm fit --config CONFIG --ckpt_path last'")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
