@@ -342,7 +342,7 @@ def memory_estimate(cfg: Any, train_sets: dict[str, SourceShards], batch_size: i
 
 
 def _check_memory(a: argparse.Namespace, cfg: Any, train_sets: dict[str, SourceShards]) -> None:
-    from agrifm.predict.engine import available_memory
+    from agrifm.predict.checks import available_memory
 
     need = memory_estimate(cfg, train_sets, a.batch_size, a.frames, a.activation_checkpointing)
     gpu = torch.cuda.is_available() and a.devices != "0"
