@@ -34,7 +34,8 @@ from agrifm.models.config import ModelConfig
 from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
-from agrifm.tasks.base import warmup_cosine
+from agrifm.runtime import rank_world
+from agrifm.tasks.optim import adamw_warmup_cosine
 from agrifm.errors import InputError
 
 __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "PrepareSample", "MetricsLog",
@@ -43,19 +44,13 @@ __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "P
 Batch = dict[str, Any]
 
 
-def rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
     import torch.distributed as dist
 
-    rank, world = rank_world()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    world = dist.get_world_size()
     if world == 1:
         return [obj]
     out: list[Any] = [None] * world
@@ -533,14 +528,6 @@ class PretrainTask(L.LightningModule):
     # -- optimiser --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
         total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
-        warm = min(hp.warmup_steps, max(1, total // 10))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+                                   min_lr=hp.min_lr, total_steps=total)

@@ -44,9 +44,11 @@ _HEADLINE = ("oa", "mf1", "miou", "kappa")
 
 
 def default_trainer_settings() -> dict[str, Any]:
-    """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32."""
-    gpu = torch.cuda.is_available()
-    precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32
+    (:func:`agrifm.runtime.trainer_precision`)."""
+    from agrifm.runtime import trainer_precision
+
+    precision = trainer_precision("auto")
     from agrifm.progress import lightning_progress  # a bar on a terminal, a line per epoch in a log file
 
     bar, lines = lightning_progress(True, "fit")
