@@ -15,12 +15,8 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
-import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from agrifm.data.timeseries import prepare_source
-from agrifm.io import write_text_atomic
 from agrifm.models.config import ModelConfig
+from agrifm.pretrain.metrics_log import MetricsLog
 from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
@@ -298,47 +294,6 @@ class StreamState(L.Callback):
         self.mixer.load_state_dict(ranks[rank])
         rngs = state_dict.get("rng")  # absent in checkpoints of earlier versions
         self._pending_rng = rngs[rank] if rngs and len(rngs) == world else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics file
-# ---------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """``metrics.csv`` (step, loss, val_loss), kept in memory, rewritten atomically at most every ``every_s``."""
-
-    COLUMNS = ("step", "loss", "val_loss")
-
-    def __init__(self, path: str | Path, every_s: float = 30.0) -> None:
-        self.path, self.every_s = Path(path), every_s
-        self.rows: dict[int, dict[str, float]] = {}
-        self._last = 0.0
-
-    def resume(self, step: int) -> None:
-        """Keep the rows of an earlier run up to ``step`` (later ones are about to be redone)."""
-        self.rows = {}
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                for r in csv.DictReader(f):
-                    if int(r["step"]) <= step:
-                        self.rows[int(r["step"])] = {k: float(v) for k, v in r.items() if k != "step" and v != ""}
-
-    def add(self, step: int, **values: float) -> None:
-        self.rows.setdefault(step, {}).update(values)
-        if time.monotonic() - self._last > self.every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.COLUMNS)
-        for step in sorted(self.rows):
-            r = self.rows[step]
-            w.writerow([step] + [f"{r[c]:.6f}" if c in r else "" for c in self.COLUMNS[1:]])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, buf.getvalue(), fsync=True)
-        self._last = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------------
