@@ -93,6 +93,22 @@ def test_blended_identity_predictor_reproduces_threshold_map(tmp_path: Path, kin
     assert not res.block_dir.exists()  # default block folder removed after success
 
 
+def test_settings_object_and_keyword_overrides_map_the_same(tmp_path: Path) -> None:
+    from agrifm.predict.engine import PredictSettings
+
+    data = scene()
+    stack = write_stack(tmp_path / "x", data)
+    settings = PredictSettings(window=32, overlap=8, block_size=24, progress=False, quicklook=False)
+    predict_scene(Threshold(), {"X": stack}, tmp_path / "a.tif", settings)
+    predict_scene(Threshold(), {"X": stack}, tmp_path / "b.tif", settings, window=16, overlap=4)
+    want = (data[-1, 0] > 0).astype(np.uint8)
+    np.testing.assert_array_equal(read_map(tmp_path / "a.tif"), want)
+    np.testing.assert_array_equal(read_map(tmp_path / "b.tif"), want)
+    assert settings.window == 32  # overrides leave the caller's settings as they were
+    with pytest.raises(TypeError, match="windw"):
+        predict_scene(Threshold(), {"X": stack}, tmp_path / "c.tif", settings, windw=16)
+
+
 def test_nodata_and_partial_gaps(tmp_path: Path) -> None:
     data = scene()
     data[:, :, :5, :7] = np.nan  # never observed -> output nodata

@@ -124,7 +124,7 @@ def run_demo(data: Path, out: Path, *, epochs: int = 40, seed: int = 0, smoothin
     from agrifm.data.stack import open_stack
     from agrifm.data.tables import grouped_split, read_table
     from agrifm.io import write_text_atomic
-    from agrifm.predict.engine import predict_scene
+    from agrifm.predict.run import predict_scene
     from agrifm.predict.quicklook import short_crs_name, write_quicklook
     from agrifm.sensors import get_source
     from agrifm.tasks.metrics import metrics_from_confusion

@@ -9,7 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_output", "write_text_atomic"]
+__all__ = ["atomic_output", "temp_beside", "write_text_atomic"]
+
+
+def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A hidden temporary name beside ``path``, unique per process and call, ending in ``suffix``
+    (for writers that publish in two steps, e.g. :class:`agrifm.predict.cog.CogWriter`'s finish
+    then commit; everything else uses :func:`atomic_output`)."""
+    dest = Path(path)
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
 
 
 @contextmanager
@@ -22,7 +30,7 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+    tmp = temp_beside(dest, suffix)
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -96,20 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from agrifm.predict import engine
+    from agrifm.predict.assemble import assemble
+    from agrifm.predict.checks import resolve_device
+    from agrifm.predict.run import predict_scene
     from agrifm.predict.tiling import Rect
 
     if args.assemble:
         if not args.block_dir:
             raise InputError("--assemble needs --block-dir")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
-        paths = engine.assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
+        paths = assemble(args.block_dir, args.out, overwrite=args.overwrite, quicklook=not args.no_quicklook)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
     if not args.checkpoint or not args.source:
         raise InputError("--checkpoint and at least one --source NAME=PATH are required")
     require_positive(window=args.window, batch_size=args.batch_size, block_size=args.block_size)  # before loading
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     device = None if device is None else str(device)
     checkpoint = importlib.import_module("agrifm.checkpoint")  # the model code loads only here
 
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     predictor = checkpoint.load_predictor(args.checkpoint, device=device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is made
     provenance = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
-    result = engine.predict_scene(
+    result = predict_scene(
         predictor, sources, args.out, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
         probabilities=args.probabilities, until=args.until_date, resolution=args.resolution, crs=args.crs,
         bounds=args.bounds, band_map=band_map, overwrite=args.overwrite, device=device,
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from agrifm.predict.engine import UnitsWarning
+    from agrifm.predict.sources import UnitsWarning
 
     warnings.simplefilter("always", UnitsWarning)
     return _run(args)  # errors: the dispatcher prints them (agrifm.cli.report_error)

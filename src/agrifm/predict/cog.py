@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from xml.sax.saxutils import escape
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
+from agrifm.io import temp_beside, write_text_atomic
 
 __all__ = ["NODATA", "PROB_SCALE", "CogWriter", "class_map_meta", "encode_layers", "layer_meta", "write_cog",
            "tag_value", "aux_xml_path", "categories_aux_xml", "read_categories"]
@@ -36,10 +37,6 @@ COG_BLOCKSIZE = 512
 def tag_value(value: Any) -> str:
     """GeoTIFF tags are strings: keep strings, JSON-encode everything else."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def _temp_path(final: Path, kind: str) -> Path:
-    return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.{kind}.tif"
 
 
 def _unlink(path: Path | None) -> None:
@@ -93,7 +90,7 @@ class CogWriter:
 
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"output folder {self.path.parent} does not exist")
-        self._gtiff = _temp_path(self.path, "part")
+        self._gtiff = temp_beside(self.path, ".part.tif")
         self._ds = rasterio.open(self._gtiff, "w", **self._profile)
         if self._colormap is not None:  # libtiff wants the palette before any pixel is written
             self._ds.write_colormap(
@@ -120,7 +117,7 @@ class CogWriter:
             ds.update_tags(**self._tags)
         ds.close()
         self._ds = None
-        self._cog = _temp_path(self.path, "cog")
+        self._cog = temp_beside(self.path, ".cog.tif")
         rasterio.shutil.copy(
             self._gtiff, self._cog, driver="COG", BLOCKSIZE=COG_BLOCKSIZE, COMPRESS="DEFLATE",
             OVERVIEW_RESAMPLING=self.resampling.upper(), BIGTIFF="IF_SAFER",
@@ -135,8 +132,6 @@ class CogWriter:
             raise RuntimeError(f"{self.path}: commit() before finish()")
         aux = aux_xml_path(self.path)
         if self._categories is not None:
-            from agrifm.io import write_text_atomic
-
             write_text_atomic(aux, categories_aux_xml(self._categories, self._colormap or {}))
         else:
             aux.unlink(missing_ok=True)  # a replaced class map's names would now lie

@@ -218,7 +218,7 @@ def export_outputs(model: torch.nn.Module, run: Path, sources: dict[str, Source]
     """``model.safetensors`` + ``encoder_published.pth`` (rank 0 writes; every rank must call)."""
     from agrifm.checkpoint import save_model
     from agrifm.pretrain.model import published_state_dict, to_agrifm
-    from agrifm.pretrain.task import rank_world
+    from agrifm.runtime import rank_world
 
     state = full_state_dict(model)
     if rank_world()[0] != 0:
@@ -232,7 +232,8 @@ def export_outputs(model: torch.nn.Module, run: Path, sources: dict[str, Source]
 
 def _summary(mixer: Any, datasets: dict[str, ShardDataset]) -> dict[str, Any]:
     """Per-rank samples, skips and assigned shards, gathered to every rank."""
-    from agrifm.pretrain.task import gather_objects, rank_world
+    from agrifm.pretrain.task import gather_objects
+    from agrifm.runtime import rank_world
 
     rank, world = rank_world()
     mine = {
@@ -342,7 +343,7 @@ def memory_estimate(cfg: Any, train_sets: dict[str, SourceShards], batch_size: i
 
 
 def _check_memory(a: argparse.Namespace, cfg: Any, train_sets: dict[str, SourceShards]) -> None:
-    from agrifm.predict.engine import available_memory
+    from agrifm.predict.checks import available_memory
 
     need = memory_estimate(cfg, train_sets, a.batch_size, a.frames, a.activation_checkpointing)
     gpu = torch.cuda.is_available() and a.devices != "0"
@@ -398,7 +399,8 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from agrifm.pretrain.task import PretrainTask, SourceMixer, StreamState, ValidationBatches, rank_world
+    from agrifm.pretrain.task import PretrainTask, SourceMixer, StreamState, ValidationBatches
+    from agrifm.runtime import rank_world, trainer_precision
 
     _check_args(a)
     out, last = _run_dir(a)
@@ -408,8 +410,7 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     _check_memory(a, cfg, train_sets)
     norm = {n: source_statistics(s, a.stats_samples) for n, s in train_sets.items()}
     sources = {n: describe_source(s, *norm[n][:2]) for n, s in train_sets.items()}
-    if a.precision == "auto":
-        a.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    a.precision = trainer_precision(a.precision)
 
     L.seed_everything(a.seed, workers=True, verbose=False)
     task = PretrainTask(
@@ -475,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     with user_input():  # the dispatcher prints it (agrifm.cli.report_error)
         summary = run(a)
-    from agrifm.pretrain.task import rank_world
+    from agrifm.runtime import rank_world
 
     if rank_world()[0] == 0:
         _report(summary, a.out)

@@ -15,12 +15,8 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
-import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,12 +25,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from agrifm.data.timeseries import prepare_source
-from agrifm.io import write_text_atomic
 from agrifm.models.config import ModelConfig
+from agrifm.pretrain.metrics_log import MetricsLog
 from agrifm.pretrain.model import PretrainModel, ema_update, fraction_ce, fraction_l1
 from agrifm.pretrain.shards import ShardDataset
 from agrifm.sensors import Source
-from agrifm.tasks.base import warmup_cosine
+from agrifm.runtime import rank_world
+from agrifm.tasks.optim import adamw_warmup_cosine
 from agrifm.errors import InputError
 
 __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "PrepareSample", "MetricsLog",
@@ -43,19 +40,13 @@ __all__ = ["PretrainTask", "SourceMixer", "ValidationBatches", "StreamState", "P
 Batch = dict[str, Any]
 
 
-def rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
     import torch.distributed as dist
 
-    rank, world = rank_world()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    world = dist.get_world_size()
     if world == 1:
         return [obj]
     out: list[Any] = [None] * world
@@ -306,47 +297,6 @@ class StreamState(L.Callback):
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics file
-# ---------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """``metrics.csv`` (step, loss, val_loss), kept in memory, rewritten atomically at most every ``every_s``."""
-
-    COLUMNS = ("step", "loss", "val_loss")
-
-    def __init__(self, path: str | Path, every_s: float = 30.0) -> None:
-        self.path, self.every_s = Path(path), every_s
-        self.rows: dict[int, dict[str, float]] = {}
-        self._last = 0.0
-
-    def resume(self, step: int) -> None:
-        """Keep the rows of an earlier run up to ``step`` (later ones are about to be redone)."""
-        self.rows = {}
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                for r in csv.DictReader(f):
-                    if int(r["step"]) <= step:
-                        self.rows[int(r["step"])] = {k: float(v) for k, v in r.items() if k != "step" and v != ""}
-
-    def add(self, step: int, **values: float) -> None:
-        self.rows.setdefault(step, {}).update(values)
-        if time.monotonic() - self._last > self.every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.COLUMNS)
-        for step in sorted(self.rows):
-            r = self.rows[step]
-            w.writerow([step] + [f"{r[c]:.6f}" if c in r else "" for c in self.COLUMNS[1:]])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, buf.getvalue(), fsync=True)
-        self._last = time.monotonic()
-
-
-# ---------------------------------------------------------------------------------------------
 # Task
 # ---------------------------------------------------------------------------------------------
 
@@ -533,14 +483,6 @@ class PretrainTask(L.LightningModule):
     # -- optimiser --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or n.endswith("relative_position_bias_table") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
         total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
-        warm = min(hp.warmup_steps, max(1, total // 10))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup=warm, total=total, base_lr=hp.lr, min_lr=min(hp.min_lr, hp.lr)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+                                   min_lr=hp.min_lr, total_steps=total)

@@ -14,8 +14,8 @@ from typing import Any
 from weakref import proxy
 
 import lightning as L
+from fsspec.utils import get_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.utilities import rank_zero_warn
 
 __all__ = ["RunCheckpoint", "checkpoint_dir", "find_run_checkpoint"]
@@ -75,7 +75,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        if not _is_local_file_protocol(filepath):
+        if get_protocol(str(filepath)) != "file":
             super()._save_checkpoint(trainer, filepath)
             return
         path = Path(filepath)

@@ -44,9 +44,11 @@ _HEADLINE = ("oa", "mf1", "miou", "kappa")
 
 
 def default_trainer_settings() -> dict[str, Any]:
-    """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32."""
-    gpu = torch.cuda.is_available()
-    precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    """bf16 mixed precision on GPUs that have it (the published recipe's speed), else fp32
+    (:func:`agrifm.runtime.trainer_precision`)."""
+    from agrifm.runtime import trainer_precision
+
+    precision = trainer_precision("auto")
     from agrifm.progress import lightning_progress  # a bar on a terminal, a line per epoch in a log file
 
     bar, lines = lightning_progress(True, "fit")
@@ -136,10 +138,21 @@ class AgriFMCLI(LightningCLI):
         parser.link_arguments("data.source_meta", "model.init_args.sources", apply_on="instantiate")
         parser.link_arguments("data.frames", "model.init_args.frames", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the YAML as the one source of truth: Lightning would merge the checkpoint's
-        hyper-parameters into the config (clashing with the data -> model links); here a
-        checkpoint only supplies weights and training state."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Keep the YAML as the one source of truth: given a checkpoint file, Lightning would
+        merge its hyper-parameters into the config (clashing with the data -> model links), so
+        ``ckpt_path`` is held back until the config is complete (:meth:`before_instantiate_classes`)
+        and a checkpoint only supplies weights and training state."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        self._ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if sub:
+            self.config[sub]["ckpt_path"] = None
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub:
+            self.config[sub]["ckpt_path"] = self._ckpt_path
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """CSV logs inside the run directory unless a logger is configured."""
