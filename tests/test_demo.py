@@ -175,18 +175,22 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(train), "--test", str(test),
                         "--seeds", "1", "--agrifm-steps", "10", "--json", str(out), "--quiet",
                         "--plot", str(tmp_path / "acc.png"), "--set", "lr=0.002", "--set", "model.embed_dim=16",
-                        "--corrections", "1.0,0.8"],
+                        "--corrections", "1.0,0.8", "--members", "2"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(out.read_text())
-    for model in ("agrifm", "random_forest", "temporal_cnn"):
+    singles = ("agrifm", "random_forest", "temporal_cnn", "ltae", "temporal_cnn_pooled")
+    ensembles = tuple(f"{m}_ensemble" for m in singles)  # --members 2: one ensemble row per model
+    for model in singles + ensembles:
         for key in ("oa", "mf1", "kappa", "oa_std", "mf1_std", "n_test"):
             assert key in s[model], (model, key)
         assert 0.0 <= s[model]["oa"] <= 1.0
-    assert set(s["early_season"]) == {"0.25", "0.5", "0.75", "1"}
+        assert set(s["early_season"][model]) == {"0.25", "0.5", "0.75", "1"}  # every model's early-season curve
+    assert s["early_season"]["agrifm"]["1"] == s["agrifm"]  # one AgriFM model serves its row and its curve
+    assert s["setup"]["members"] == 2 and s["setup"]["early_season_training"]["random_truncation"] == 0.25
     assert set(s["agrifm_prior_correction"]) == {"1", "0.8"}  # 0.8 is the default: the main row again
     assert s["agrifm_prior_correction"]["0.8"] == s["agrifm"]
-    assert "early season" in r.stdout
+    assert "Early season" in r.stdout and "ltae_ensemble" in r.stdout
     assert "1 test series have class(es) ['Rice'] absent from the training table" in r.stdout
     assert s["agrifm"]["n_test"] == te["sample_id"].nunique()  # the unseen-class series is scored, not dropped
     assert "Rice" in s["setup"]["classes"]
