@@ -126,7 +126,11 @@ def describe(cfg: ModelConfig, frames: int, size: int | tuple[int, int], batch: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="agrifm info", description=__doc__.splitlines()[0])
+    from agrifm.models.presets import PRESETS
+
+    ap = argparse.ArgumentParser(
+        prog="agrifm info", description="Parameters and FLOPs per part for a config and input size.",
+        epilog=f"presets: {', '.join(sorted(PRESETS))}")
     ap.add_argument("config", nargs="?", default="published",
                     help="preset name, published .py config, YAML model config or agrifm .safetensors (default: published)")
     ap.add_argument("--frames", type=int, default=None, help="input frames T (default: the config's num_frames)")
