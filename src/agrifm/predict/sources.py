@@ -34,7 +34,7 @@ DateLike = Union[str, _dt.date, np.datetime64]
 
 
 class Predictor(Protocol):
-    """What the engine runs (``agrifm.checkpoint.load_predictor`` returns one).
+    """What scene mapping runs (``agrifm.checkpoint.load_predictor`` returns one).
 
     ``dense``: ``{src: (B, T, C, h_src, w_src)}`` normalised, gap-filled -> probabilities
     ``(B, K, h, w)`` on the output window (other sizes are resized). ``point``: ``{src:

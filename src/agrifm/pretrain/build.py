@@ -24,7 +24,6 @@ import argparse
 import glob
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field

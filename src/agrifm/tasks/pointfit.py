@@ -19,6 +19,7 @@ import torch
 
 from agrifm.data.tables import SeriesTable
 from agrifm.data.timeseries import fill_series
+from agrifm.runtime import trainer_precision
 from agrifm.sensors import Source
 
 __all__ = ["PointFitConfig", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table", "fit_point_classifier", "predict_table"]
@@ -253,7 +254,7 @@ def _fit_one(table: SeriesTable, train_index: np.ndarray, source: Source, cfg: P
         max_epochs=cfg.epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=bar, enable_model_summary=False, deterministic=False,
         num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4), default_root_dir=default_root_dir,
-        precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+        precision=trainer_precision(),
         callbacks=_callbacks(cfg) + lines,
     )
     with warnings.catch_warnings():
