@@ -60,6 +60,7 @@ from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
     PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, source_from_table,
 )
+from agrifm.runtime import die_with_parent, usable_cores  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 T = TypeVar("T")
@@ -181,16 +182,112 @@ def _truncated_copies(x: np.ndarray, share: float, min_fraction: float, seed: in
     return np.take_along_axis(out, held[..., None].repeat(out.shape[2], axis=2), axis=1), pick
 
 
-def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
-        overrides: dict | None = None, corrections: list[float] | None = None,
-        agrifm_max_steps: int | None = None, members: int = 1) -> dict:
+def _run_jobs(specs: list[tuple], ctx: dict, workers: int):
+    """Yield ``(spec, result)`` for every job, in this process or in ``workers`` spawned ones."""
+    if workers <= 1:
+        _init_worker(ctx, None)
+        for spec in specs:
+            yield spec, _job(spec)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx, os.getpid())) as pool:
+        futures = {pool.submit(_job, spec): spec for spec in specs}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+_CTX: dict = {}
+
+
+def _init_worker(ctx: dict, parent: int | None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
+    _CTX.clear()
+    _CTX.update(ctx)
+    torch.set_num_threads(ctx["threads"])
+
+
+def _job(spec: tuple) -> dict:
+    """Train one model of ``spec = (name, seed, early)``; its test probabilities per season fraction
+    (``probs[f]``: one array per member), the ensemble's for AgriFM, rescored prior corrections."""
     from agrifm.models.baselines import (
         LTAE, LTAE_RECIPE, POOLED_RECIPE, TEMPCNN_RECIPE, PooledTemporalCNN, RandomForestBaseline, TempCNN,
-        day_positions, predict_logits, train_torch_classifier,
+        predict_logits, train_torch_classifier,
     )
+
+    name, seed, early = spec
+    c = _CTX
+    members, k, trunc, y_tr = c["members"], c["k"], c["trunc"], c["y_tr"]
+    fractions = FRACTIONS if early else (1.0,)
+    probs: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
+    out: dict[str, Any] = {"probs": probs, "ensemble": None, "corrections": {}}
+    clock = time.time()
+    if name == "agrifm":
+        cfg = _config(seed, c["quiet"], c["overrides"])
+        cfg.members, cfg.epochs = members, c["agrifm_epochs"]
+        if not early:
+            cfg.random_truncation = 0.0  # the row: AgriFM's own recipe, without the season cuts
+        if c["pooled"]:
+            cfg.workers = 1  # already one job per core
+        task = fit_point_classifier(c["train"], c["tr_idx"], c["source"], cfg)
+        with _member0(task) as single:
+            for f in fractions:
+                probs[f].append(predict_table(single, c["cut"][f], c["te_idx"], c["source"]))
+            if not early:
+                y_te, names = c["test"].labels[c["te_idx"]], c["train"].class_names
+                out["corrections"] = {corr: rescored(single, cfg, y_tr, corr, lambda tk: _scores(
+                    y_te, predict_table(tk, c["test"], c["te_idx"], c["source"]).argmax(1), names))
+                    for corr in c["corrections"]}
+        if members > 1:
+            out["ensemble"] = {f: predict_table(task, c["cut"][f], c["te_idx"], c["source"]) for f in fractions}
+    elif name == "random_forest":
+        for i in range(members):
+            s = seed * members + i
+            x, y = c["x_tr"], y_tr
+            if early:
+                extra, pick = _truncated_copies(x, trunc["random_truncation"], trunc["min_fraction"], s)
+                x, y = np.concatenate([x, extra]), np.concatenate([y, y[pick]])
+            rf = RandomForestBaseline(n_estimators=300, seed=s).fit(x, y)
+            for f in fractions:
+                p = np.zeros((len(c["te_idx"]), k))
+                p[:, rf.classes_] = rf.predict_proba(c["x_te"][f])
+                probs[f].append(p)
+    else:
+        bands, t, n = c["x_tr"].shape[-1], c["t"], len(c["tr_idx"])
+        build, recipe, dated = {
+            "temporal_cnn": (lambda: TempCNN(bands, k, frames=t), TEMPCNN_RECIPE, False),
+            "ltae": (lambda: LTAE(bands, k), LTAE_RECIPE, True),
+            "temporal_cnn_pooled": (lambda: PooledTemporalCNN(bands, k),
+                                    {**POOLED_RECIPE, "epochs": _steps_epochs(n, 64, 3000, 60)}, False),
+        }[name]
+        for i in range(members):
+            torch.manual_seed(seed * members + i)
+            model = build()
+            train_torch_classifier(model, c["x_tr"], y_tr, seed=seed * members + i, progress=not c["quiet"],
+                                   days=c["d_tr"] if dated else None, **{**recipe, **(trunc if early else {})})
+            for f in fractions:
+                logits = predict_logits(model, c["x_te"][f], days=c["d_te"] if dated else None,
+                                        lengths=c["n_te"][f] if dated else None)
+                probs[f].append(logits.softmax(1).numpy())
+    out["seconds"] = time.time() - clock
+    return out
+
+
+def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
+        overrides: dict | None = None, corrections: list[float] | None = None,
+        agrifm_max_steps: int | None = None, members: int = 1, models: list[str] | None = None,
+        jobs: int | None = None, early_season: bool = True) -> dict:
+    from agrifm.models.baselines import LTAE_RECIPE, TEMPCNN_RECIPE, day_positions
 
     if members < 1:
         raise SystemExit(f"--members {members}: expected at least 1")
+    models = list(LABELS) if models is None else models
+    unknown = [m for m in models if m not in LABELS]
+    if unknown or not models:
+        raise SystemExit(f"--models {','.join(models)}: expected some of {','.join(LABELS)}")
     train = read_table(train_path)
     if test_path:
         test = read_table(test_path, bands=list(train.bands))
@@ -225,13 +322,21 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     print(f"train {train_path}: {len(tr_idx)} series; test {test_path or f'grouped hold-out {holdout:.0%}'}: "
           f"{len(te_idx)} series; {k} classes; bands {list(train.bands)}; {t} dates", flush=True)
 
-    rows = list(LABELS) + ([f"{m}_ensemble" for m in LABELS] if members > 1 else [])
+    chosen = [m for m in LABELS if m in models]
+    rows = chosen + ([f"{m}_ensemble" for m in chosen] if members > 1 else [])
     curve: dict[str, dict[float, list[dict]]] = {m: {f: [] for f in FRACTIONS} for m in rows}  # early-season training
     full: dict[str, dict[float, list[dict]]] = {m: {1.0: []} for m in rows}  # each model's own recipe
     other: dict[float, list[dict]] = {c: [] for c in corrections or []}
     ceiling = 2 * agrifm_steps if agrifm_max_steps is None else agrifm_max_steps
     probe = _config(0, quiet, overrides or {})
     trunc = dict(random_truncation=probe.random_truncation, min_fraction=probe.min_fraction)
+    budget = agrifm_step_budget(len(tr_idx), t, probe.batch_size, agrifm_steps, ceiling)
+    agrifm_epochs = _steps_epochs(len(tr_idx), probe.batch_size, budget, 200)
+    workers = max(1, min(jobs or usable_cores(), (2 if early_season else 1) * len(chosen) * seeds))
+    ctx = dict(train=train, test=test, tr_idx=tr_idx, te_idx=te_idx, source=source, cut=cut, x_tr=x_tr, y_tr=y_tr,
+               d_tr=d_tr, x_te=x_te, n_te=n_te, d_te=d_te, k=k, t=t, members=members, trunc=trunc,
+               overrides=overrides or {}, agrifm_epochs=agrifm_epochs, corrections=list(other),
+               quiet=quiet or workers > 1, threads=torch.get_num_threads(), pooled=workers > 1)
 
     def record(into: dict[str, dict[float, list[dict]]], name: str, probs: dict[float, list[np.ndarray]],
                ensemble: dict[float, np.ndarray] | None = None) -> None:
@@ -243,68 +348,27 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                 mean_p = ensemble[f] if ensemble is not None else np.mean(p, axis=0)
                 into[f"{name}_ensemble"][f].append(_scores(y_te, mean_p.argmax(1), names))
 
-    def torch_probs(build: Callable[[], Any], recipe: dict, seed: int, dated: bool, early: bool) -> dict[float, list[np.ndarray]]:
-        fractions = FRACTIONS if early else (1.0,)
-        out: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
-        for i in range(members):
-            torch.manual_seed(seed * members + i)
-            model = build()
-            train_torch_classifier(model, x_tr, y_tr, seed=seed * members + i, progress=not quiet,
-                                   days=d_tr if dated else None, **{**recipe, **(trunc if early else {})})
-            for f in fractions:
-                logits = predict_logits(model, x_te[f], days=d_te if dated else None, lengths=n_te[f] if dated else None)
-                out[f].append(logits.softmax(1).numpy())
-        return out
-
-    def forest_probs(seed: int, early: bool) -> dict[float, list[np.ndarray]]:
-        fractions = FRACTIONS if early else (1.0,)
-        out: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
-        for i in range(members):
-            s = seed * members + i
-            x, y = x_tr, y_tr
-            if early:
-                extra, pick = _truncated_copies(x_tr, trunc["random_truncation"], trunc["min_fraction"], s)
-                x, y = np.concatenate([x_tr, extra]), np.concatenate([y_tr, y_tr[pick]])
-            rf = RandomForestBaseline(n_estimators=300, seed=s).fit(x, y)
-            for f in fractions:
-                p = np.zeros((len(te_idx), k))
-                p[:, rf.classes_] = rf.predict_proba(x_te[f])
-                out[f].append(p)
-        return out
-
-    times: dict[str, float] = {m: 0.0 for m in LABELS}
-    for seed in range(seeds):
-        clock = time.time()
-        cfg = _config(seed, quiet, overrides or {})
-        cfg.members = members
-        budget = agrifm_step_budget(len(tr_idx), t, cfg.batch_size, agrifm_steps, ceiling)
-        cfg.epochs = _steps_epochs(len(tr_idx), cfg.batch_size, budget, 200)
-        task = fit_point_classifier(train, tr_idx, source, cfg)
-        with _member0(task) as single:
-            alone = {f: [predict_table(single, cut[f], te_idx, source)] for f in FRACTIONS}
-            for c in other:
-                other[c].append(rescored(single, cfg, y_tr, c, lambda tk: _scores(
-                    y_te, predict_table(tk, test, te_idx, source).argmax(1), names)))
-        together = {f: predict_table(task, cut[f], te_idx, source) for f in FRACTIONS} if members > 1 else None
-        record(curve, "agrifm", alone, together)  # one AgriFM model serves both: its recipe has the cuts
-        record(full, "agrifm", {1.0: alone[1.0]}, together and {1.0: together[1.0]})
-        times["agrifm"] += time.time() - clock
-
-        for name, build, recipe, dated in (
-            ("random_forest", None, None, False),
-            ("temporal_cnn", lambda: TempCNN(x_tr.shape[-1], k, frames=t), TEMPCNN_RECIPE, False),
-            ("ltae", lambda: LTAE(x_tr.shape[-1], k), LTAE_RECIPE, True),
-            ("temporal_cnn_pooled", lambda: PooledTemporalCNN(x_tr.shape[-1], k),
-             {**POOLED_RECIPE, "epochs": _steps_epochs(len(tr_idx), 64, 3000, 60)}, False),
-        ):
-            clock = time.time()
-            for into, early in ((full, False), (curve, True)):
-                probs = forest_probs(seed, early) if build is None else torch_probs(build, recipe, seed, dated, early)
-                record(into, name, probs)
-            times[name] += time.time() - clock
-        print(f"seed {seed}: " + ", ".join(f"{m} OA {full[m][1.0][-1]['oa']:.4f} mF1 {full[m][1.0][-1]['mf1']:.4f}"
-                                          for m in rows) + "; seconds so far " + ", ".join(
-                                              f"{m} {v:.0f}" for m, v in times.items()), flush=True)
+    # Every (model, seed, recipe) is an independent job: the row (the model's own recipe, no cuts)
+    # and the early-season model (the same cuts for all). Jobs run side by side in worker
+    # processes, one torch thread each (these models are too small to use more).
+    recipes = (False, True) if early_season else (False,)
+    specs = [(name, seed, early) for seed in range(seeds) for name in chosen for early in recipes]
+    times: dict[str, float] = {m: 0.0 for m in chosen}
+    results: dict[tuple, dict] = {}
+    clock = time.time()
+    for spec, out in _run_jobs(specs, ctx, workers):
+        results[spec] = out
+        name, seed, early = spec
+        times[name] += out["seconds"]
+        p = out["probs"][1.0][0]
+        print(f"{name} seed {seed} ({'early-season model' if early else 'row model'}): OA "
+              f"{_scores(y_te, p.argmax(1), names)['oa']:.4f}, {out['seconds']:.0f} s "
+              f"({len(results)}/{len(specs)} jobs, {time.time() - clock:.0f} s)", flush=True)
+    for name, seed, early in specs:
+        out = results[(name, seed, early)]
+        record(curve if early else full, name, out["probs"], out["ensemble"])
+        for c, score in out["corrections"].items():
+            other[c].append(score)
 
     def agg(rows_: list[dict]) -> dict:
         out = {}
@@ -316,7 +380,8 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
         return out
 
     summary: dict[str, Any] = {m: agg(full[m][1.0]) for m in rows}
-    summary["early_season"] = {m: {f"{f:g}": agg(r) for f, r in curve[m].items()} for m in rows}
+    if early_season:
+        summary["early_season"] = {m: {f"{f:g}": agg(r) for f, r in curve[m].items()} for m in rows}
     if other:
         summary["agrifm_prior_correction"] = {f"{c:g}": agg(r) for c, r in other.items()}
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
@@ -324,18 +389,19 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
                         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                         "agrifm_overrides": overrides or {}, "members": members,
-                        "agrifm_epochs": cfg.epochs, "agrifm_steps": cfg.epochs * _steps_per_epoch(len(tr_idx), cfg.batch_size),
+                        "agrifm_epochs": agrifm_epochs, "agrifm_steps": agrifm_epochs * _steps_per_epoch(len(tr_idx), probe.batch_size),
+                        "workers": workers, "wall_seconds": round(time.time() - clock, 1),
                         "early_season_training": trunc, "seconds": {m: round(v, 1) for m, v in times.items()},
                         "recipes": {"temporal_cnn": TEMPCNN_RECIPE, "ltae": LTAE_RECIPE}}
     return summary
 
 
 def _rows(s: dict) -> list[str]:
-    return [m for m in s["early_season"]]
+    return [m for m in s if m in LABELS or m.removesuffix("_ensemble") in LABELS]
 
 
 def print_table(s: dict) -> None:
-    first = s["agrifm"]
+    first = s[_rows(s)[0]]
     print(f"\n{'model':<28} {'OA':>16} {'mF1':>16} {'kappa':>16}   (mean ± std over {first['seeds']} seeds, "
           f"n_test={first['n_test']}; single models first)")
     for name in _rows(s):
@@ -347,8 +413,10 @@ def print_table(s: dict) -> None:
     for c, r in s.get("agrifm_prior_correction", {}).items():
         print(f"  correction {c:<5} OA {r['oa']:.4f} ± {r['oa_std']:.4f}   mF1 {r['mf1']:.4f} ± {r['mf1_std']:.4f}   "
               f"kappa {r['kappa']:.4f} ± {r['kappa_std']:.4f}")
+    if "early_season" not in s:
+        return
     print("\nEarly season (each model trained with the same truncation augmentation), OA / mF1:")
-    fr = list(s["early_season"]["agrifm"])
+    fr = list(s["early_season"][_rows(s)[0]])
     print(f"  {'model':<26} " + "  ".join(f"{'first ' + format(float(f), '.0%'):>17}" for f in fr))
     for name in _rows(s):
         cells = [f"{r['oa']:.4f} / {r['mf1']:.4f}" for r in s["early_season"][name].values()]
@@ -399,7 +467,7 @@ def plot(s: dict, path: str) -> None:
     lo = min(min(s[m]["oa"], s[m]["mf1"]) for m in models)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_xticks(x, [LABELS.get(m, m) for m in models], fontsize=8)
-    ax.set_title(f"held-out accuracy, single models (n_test={s['agrifm']['n_test']}, {s['agrifm']['seeds']} seeds)",
+    ax.set_title(f"held-out accuracy, single models (n_test={s[models[0]]['n_test']}, {s[models[0]]['seeds']} seeds)",
                  fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=8, frameon=False)
     fig.suptitle(f"train {_short(s['setup']['train'])}, test {_short(s['setup']['test'])}", fontsize=10)
@@ -427,15 +495,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=1,
                     help="models per ensemble row: above 1, every model also gets an <name>_ensemble row of this many "
                          "(single rows are then member 0); default 1: single models only")
+    ap.add_argument("--models", default=",".join(LABELS), metavar="M1,M2",
+                    help=f"rows to train (default all: {','.join(LABELS)}); the README tables need all four single rows")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="models trained side by side, one process and --threads threads each (default: one per core)")
+    ap.add_argument("--no-early-season", action="store_true",
+                    help="train only each model's row model (half the time; no early-season curve)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.plot and args.no_early_season:
+        raise SystemExit("--plot needs the early-season curve: drop --no-early-season")
     overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)  # small models: 1 thread avoids OpenMP stalls on busy machines
     corrections = [float(c) for c in args.corrections.split(",") if c.strip()]
     if any(not 0.0 <= c <= 1.0 for c in corrections):
         raise SystemExit(f"--corrections {args.corrections}: expected fractions in [0, 1]")
     s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides, corrections,
-            args.agrifm_max_steps, args.members)
+            args.agrifm_max_steps, args.members, [m.strip() for m in args.models.split(",") if m.strip()],
+            args.jobs, not args.no_early_season)
     print_table(s)
     if args.json:
         write_text_atomic(args.json, json.dumps(s, indent=2))

@@ -88,7 +88,7 @@ def test_ensemble_workers_die_with_their_parent(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(f"""
         import multiprocessing as mp, os, sys, time
         from concurrent.futures import ProcessPoolExecutor
-        from agrifm.tasks.pointfit import die_with_parent
+        from agrifm.runtime import die_with_parent
 
         def work(i):
             open(os.path.join({str(tmp_path)!r}, f"worker{{i}}.pid"), "w").write(str(os.getpid()))

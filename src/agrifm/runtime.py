@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["rank_world", "trainer_precision"]
+__all__ = ["die_with_parent", "rank_world", "trainer_precision", "usable_cores"]
 
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -37,3 +37,35 @@ def trainer_precision(requested: str = "auto") -> str:
     if not torch.cuda.is_available():
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when ``parent`` dies (SIGTERM, SIGKILL), not train on
+    as an orphan. Linux: the kernel's parent-death signal; elsewhere a thread watching the parent."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agrifm-die-with-parent", daemon=True).start()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

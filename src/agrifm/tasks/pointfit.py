@@ -19,7 +19,7 @@ import torch
 
 from agrifm.data.tables import SeriesTable
 from agrifm.data.timeseries import fill_series
-from agrifm.runtime import trainer_precision
+from agrifm.runtime import die_with_parent, trainer_precision, usable_cores
 from agrifm.sensors import Source
 
 __all__ = ["PointFitConfig", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table", "fit_point_classifier", "predict_table"]
@@ -156,7 +156,7 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
 
     configs = [dataclasses.replace(cfg, members=1, seed=cfg.seed * cfg.members + i, progress=cfg.progress and i == 0)
                for i in range(cfg.members)]
-    workers = min(cfg.members, cfg.workers or _usable_cores())
+    workers = min(cfg.members, cfg.workers or usable_cores())
     jobs = [(args, c, kwargs) for c in configs]
     if workers <= 1:
         states = [_fit_member_state(job) for job in jobs]
@@ -174,38 +174,6 @@ def fit_point_classifier(table: SeriesTable, train_index: np.ndarray, source: So
     for member, state in zip(task.model.members, states):
         member.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     return task.eval()
-
-
-def die_with_parent(parent: int) -> None:
-    """Worker initializer: end this process when ``parent`` dies (SIGTERM, SIGKILL), not train on
-    as an orphan. Linux: the kernel's parent-death signal; elsewhere a thread watching the parent."""
-    import signal
-    import threading
-    import time
-
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="agrifm-die-with-parent", daemon=True).start()
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _fit_member_state(job: tuple) -> dict[str, np.ndarray]:
