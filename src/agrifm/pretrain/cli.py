@@ -374,6 +374,8 @@ def _trainer(a: argparse.Namespace, out: Path, callbacks: list[Any], *, multi_so
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from agrifm.tasks.callbacks import AtomicCheckpointIO
+
     devices, nodes = cluster_layout(a.devices, a.num_nodes)
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=a.ckpt_every)
     from agrifm.progress import lightning_progress  # a bar on a terminal, a line per 10 % of the steps in a log
@@ -387,7 +389,7 @@ def _trainer(a: argparse.Namespace, out: Path, callbacks: list[Any], *, multi_so
         limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, logger=False,
         callbacks=[*callbacks, checkpoints] + ([_progress_bar()] if bar else lines),
         enable_progress_bar=bar, enable_model_summary=False, use_distributed_sampler=False,
-        default_root_dir=str(out),
+        default_root_dir=str(out), plugins=[AtomicCheckpointIO()],  # a killed save keeps the last checkpoint
     )
 
 

@@ -355,7 +355,7 @@ class PretrainTask(L.LightningModule):
 
     def configure_model(self) -> None:
         """FSDP2 (ModelParallelStrategy): shard every backbone block, then the rest, of student and teacher."""
-        if self._device_mesh is None or getattr(self, "_sharded", False):
+        if self.device_mesh is None or getattr(self, "_sharded", False):
             return
         from torch.distributed.fsdp import fully_shard
 
