@@ -186,8 +186,9 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
         agrifm_max_steps: int | None = None, members: int = 1) -> dict:
     from agrifm.models.baselines import (
         LTAE, LTAE_RECIPE, POOLED_RECIPE, TEMPCNN_RECIPE, PooledTemporalCNN, RandomForestBaseline, TempCNN,
-        day_positions, predict_logits, train_torch_classifier,
+        day_positions,
     )
+    from agrifm.tasks.baseline_training import predict_logits, train_torch_classifier
 
     if members < 1:
         raise SystemExit(f"--members {members}: expected at least 1")
