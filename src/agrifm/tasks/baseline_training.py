@@ -100,17 +100,17 @@ def train_torch_classifier(
 ) -> nn.Module:
     """Train a classifier on in-memory samples with AdamW (or Adam) and a per-step LR schedule.
 
-    ``X_train`` must already be normalised and gap-free (NaN/inf raise), e.g. ``(N, T, C)``
-    float32; ``y_train`` int labels with ``-1`` ignored. ``augment_noise`` adds Gaussian noise of
-    that std (in normalised units) to each training batch. ``days (N, T)`` are passed to the model
-    as ``days=`` (:class:`~agrifm.models.baselines.LTAE`). ``random_truncation``: the probability
-    that a batch is cut at a random point of the season (at least ``min_fraction`` of it;
+    ``X_train`` must already be normalised and gap-free (NaN/inf raise), e.g. ``(N, T, C)`` float32;
+    ``y_train`` int labels with ``-1`` ignored. ``augment_noise`` adds Gaussian noise of that std
+    (in normalised units) to each training batch. ``days (N, T)`` are passed to the model as
+    ``days=`` (:class:`~agrifm.models.baselines.LTAE`). ``random_truncation``: the probability that
+    a batch is cut at a random point of the season (at least ``min_fraction`` of it;
     :func:`_truncate_batch`), the early-season training AgriFM gets; models are then called with
-    ``mask=``. Batch order, dropout, cuts and noise are seeded from ``seed`` inside a forked RNG, so results repeat on CPU
-    without disturbing the caller's random state (initial weights are the caller's: seed before
-    building the model). A tqdm bar shows the epoch loss and, with ``val=(X, y)``, the validation
-    OA. Raises ``FloatingPointError`` naming epoch and batch if the loss stops being finite.
-    Returns the model (in eval mode, on ``device``).
+    ``mask=``. Batch order, dropout, cuts and noise are seeded from ``seed`` inside a forked RNG, so
+    results repeat on CPU without disturbing the caller's random state (initial weights are the
+    caller's: seed before building the model). A tqdm bar shows the epoch loss and, with
+    ``val=(X, y)``, the validation OA. Raises ``FloatingPointError`` naming epoch and batch if the loss stops
+    being finite. Returns the model (in eval mode, on ``device``).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need epochs>=1, batch_size>=1, lr>0; got {epochs=}, {batch_size=}, {lr=}")
