@@ -215,8 +215,8 @@ def _job(spec: tuple) -> dict:
     (``probs[f]``: one array per member), the ensemble's for AgriFM, rescored prior corrections."""
     from agrifm.models.baselines import (
         LTAE, LTAE_RECIPE, POOLED_RECIPE, TEMPCNN_RECIPE, PooledTemporalCNN, RandomForestBaseline, TempCNN,
-        predict_logits, train_torch_classifier,
     )
+    from agrifm.tasks.baseline_training import predict_logits, train_torch_classifier
 
     name, seed, early = spec
     c = _CTX

@@ -19,9 +19,8 @@ from agrifm.models.baselines import (
     RandomForestBaseline,
     TempCNN,
     day_positions,
-    predict_logits,
-    train_torch_classifier,
 )
+from agrifm.tasks.baseline_training import predict_logits, train_torch_classifier
 
 BANDS = ["MIR", "BLUE", "NIR", "RED", "EVI", "NDVI"]
 
@@ -305,7 +304,7 @@ def test_truncation_augmentation_cuts_a_share_of_batches_like_agrifm() -> None:
     """Early-season training as AgriFM's variable-length mode: a ``random_truncation`` share of
     the batches is cut at a random frame (at least ``min_fraction`` of the season), the rest held
     at the last kept value (what ``fill_series`` gives a cut series) and masked."""
-    from agrifm.models.baselines import _truncate_batch
+    from agrifm.tasks.baseline_training import _truncate_batch
 
     x = torch.arange(6.0).reshape(1, 6, 1)
     cut, lengths = _truncate_batch(x, torch.tensor([6]), torch.Generator().manual_seed(1), 0.25)

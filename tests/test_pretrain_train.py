@@ -272,3 +272,21 @@ def test_validation_batches_balance_ranks(shards: Path, monkeypatch) -> None:
     real = [p for r in seen for w, pos in r if w == 1.0 for p in pos]
     assert len(real) == len(set(real)) == ds.stats["samples"]  # every sample exactly once
     assert np.all(np.array(real) > 0)
+
+
+def test_metrics_log_is_a_lightning_logger_keeping_one_row_per_step(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers.logger import Logger
+
+    from agrifm.pretrain.metrics_log import MetricsLog
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,val_loss\n1,0.500000,\n2,0.400000,0.450000\n3,0.300000,\n")
+    log = MetricsLog(path)
+    assert isinstance(log, Logger)
+    log.log_hyperparams({"lr": 1e-3})
+    log.save()  # Lightning saves before training starts: nothing logged yet, the earlier run's rows stay
+    assert path.read_text().count("\n") == 4
+    log.resume(2)  # the checkpoint's step: row 3 is about to be redone
+    log.log_metrics({"loss": 0.25, "epoch": 0, "w": 0.1}, step=3)  # only the pinned columns are kept
+    log.finalize("success")
+    assert path.read_text() == "step,loss,val_loss\n1,0.500000,\n2,0.400000,0.450000\n3,0.250000,\n"

@@ -374,6 +374,9 @@ def _trainer(a: argparse.Namespace, out: Path, callbacks: list[Any], *, multi_so
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from agrifm.pretrain.metrics_log import MetricsLog
+    from agrifm.tasks.callbacks import AtomicCheckpointIO
+
     devices, nodes = cluster_layout(a.devices, a.num_nodes)
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=a.ckpt_every)
     from agrifm.progress import lightning_progress  # a bar on a terminal, a line per 10 % of the steps in a log
@@ -384,10 +387,10 @@ def _trainer(a: argparse.Namespace, out: Path, callbacks: list[Any], *, multi_so
         strategy=_strategy(a.strategy, _processes(devices, nodes), multi_source), precision=a.precision,
         max_steps=a.max_steps, accumulate_grad_batches=a.accumulate,
         val_check_interval=a.val_every * a.accumulate if validate else None, check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, logger=False,
+        limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, logger=MetricsLog(out / "metrics.csv"),
         callbacks=[*callbacks, checkpoints] + ([_progress_bar()] if bar else lines),
         enable_progress_bar=bar, enable_model_summary=False, use_distributed_sampler=False,
-        default_root_dir=str(out),
+        default_root_dir=str(out), plugins=[AtomicCheckpointIO()],  # a killed save keeps the last checkpoint
     )
 
 
@@ -417,7 +420,6 @@ def run(a: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         cfg.to_dict(), lr=a.lr, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, ema_momentum=a.ema_momentum,
         teacher_weight=a.teacher_weight, teacher_warmup=a.max_steps // 5 if a.teacher_warmup is None else a.teacher_warmup,
         ce_weight=a.ce_weight, ce_decay=a.ce_decay, checkpointing=a.activation_checkpointing, log_every=a.log_every,
-        metrics_csv=str(out / "metrics.csv"),
     )
     train_ds = _datasets(train_sets, sources, a, train=True)
     mixer = SourceMixer(train_ds, a.batch_size, num_workers=a.workers, seed=a.seed)

@@ -329,7 +329,6 @@ class PretrainTask(L.LightningModule):
         ce_decay: int = 0,
         checkpointing: bool = False,
         log_every: int = 10,
-        metrics_csv: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_momentum <= 1.0:
@@ -340,7 +339,6 @@ class PretrainTask(L.LightningModule):
         self.model = PretrainModel(ModelConfig.from_dict(dict(model)))
         self.model.set_checkpointing(checkpointing)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.metrics = MetricsLog(metrics_csv) if metrics_csv else None
         self._acc: torch.Tensor | None = None  # global (L1 sum, cells) since the last metrics row
         self._val: torch.Tensor | None = None
         self._row_step = -1
@@ -355,7 +353,7 @@ class PretrainTask(L.LightningModule):
 
     def configure_model(self) -> None:
         """FSDP2 (ModelParallelStrategy): shard every backbone block, then the rest, of student and teacher."""
-        if self._device_mesh is None or getattr(self, "_sharded", False):
+        if self.device_mesh is None or getattr(self, "_sharded", False):
             return
         from torch.distributed.fsdp import fully_shard
 
@@ -406,9 +404,10 @@ class PretrainTask(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step} (source {batch['source']!r})")
         self._acc = total if self._acc is None else self._acc + total
-        self.log("loss", total[0] / total[1].clamp_min(1.0), prog_bar=True, on_step=True, on_epoch=False,
+        # progress bar only: the logger gets the metrics rows (record_step), not every step
+        self.log("loss", total[0] / total[1].clamp_min(1.0), prog_bar=True, logger=False, on_step=True, on_epoch=False,
                  batch_size=int(batch["x"].shape[0]))
-        self.log("w", w, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("w", w, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -418,8 +417,9 @@ class PretrainTask(L.LightningModule):
         ema_update(self.teacher, self.model, self.hparams.ema_momentum)
 
     def on_train_start(self) -> None:
-        if self.metrics is not None and self.trainer.is_global_zero:
-            self.metrics.resume(self.global_step)
+        for logger in self.loggers:
+            if isinstance(logger, MetricsLog):
+                logger.resume(self.global_step)  # rows after the checkpoint's step are about to be redone
         self._row_step = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
@@ -434,8 +434,7 @@ class PretrainTask(L.LightningModule):
         if step % self.hparams.log_every == 0 or step >= (self.trainer.max_steps or 0):
             self.last_loss = float(self._acc[0] / self._acc[1].clamp_min(1.0))
             self._acc = None
-            if self.metrics is not None and self.trainer.is_global_zero:
-                self.metrics.add(step, loss=self.last_loss)
+            self._log_row(step, loss=self.last_loss)
         self._row_step = step
 
     def on_validation_epoch_start(self) -> None:
@@ -467,18 +466,20 @@ class PretrainTask(L.LightningModule):
                 f"pretrain: at step {self.global_step} the predicted fractions are the same for every validation "
                 f"cell (largest per-class std {spread:.1e}): the model has collapsed to a constant, as pure L1 does "
                 "on products dominated by one class. Add --ce-weight 1 (docs/pretraining.md, 'Loss').")
-        self.log("val_loss", self.last_val_loss, prog_bar=True)
-        if self.metrics is not None and self.trainer.is_global_zero:
-            self.metrics.add(self.global_step, val_loss=self.last_val_loss)
-            self.metrics.flush()
+        self.log("val_loss", self.last_val_loss, prog_bar=True, logger=False)
+        self._log_row(self.global_step, val_loss=self.last_val_loss)
+        for logger in self.loggers:
+            logger.save()
+
+    def _log_row(self, step: int, **values: float) -> None:
+        """The metrics row of ``step`` to the Trainer's loggers (:class:`MetricsLog`: metrics.csv);
+        loggers write on rank 0 only."""
+        for logger in self.loggers:
+            logger.log_metrics(values, step=step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.metrics is not None and self.trainer.is_global_zero:
-            self.metrics.flush()
-
-    def on_train_end(self) -> None:
-        if self.metrics is not None and self.trainer.is_global_zero:
-            self.metrics.flush()
+        for logger in self.loggers:  # the rows up to this step are on disk before its checkpoint is
+            logger.save()
 
     # -- optimiser --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

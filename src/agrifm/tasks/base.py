@@ -222,7 +222,11 @@ class AgriFMTask(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        total = int(self._trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (called on its own)
+            trainer = None
+        total = int(trainer.estimated_stepping_batches) if trainer is not None else 10_000
         return adamw_warmup_cosine(self.model, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
                                    min_lr=hp.min_lr, total_steps=total)
 

@@ -28,13 +28,14 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 # The task modules are imported so that short class_path names (SegmentationTask, ...) resolve.
 from agrifm.errors import InputError, OutputExistsError, user_input
 from agrifm.tasks import boundary, classification, segmentation  # noqa: F401
 from agrifm.tasks.base import AgriFMTask
-from agrifm.tasks.callbacks import RunCheckpoint, checkpoint_dir, find_run_checkpoint
+from agrifm.tasks.callbacks import AtomicCheckpointIO, RunCheckpoint, checkpoint_dir, find_run_checkpoint
 from agrifm.tasks.datamodules import AgriFMDataModule
 
 __all__ = ["AgriFMCLI", "main", "default_trainer_settings", "EXPORT_NAME"]
@@ -155,10 +156,15 @@ class AgriFMCLI(LightningCLI):
             self.config[sub]["ckpt_path"] = self._ckpt_path
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """CSV logs inside the run directory unless a logger is configured."""
-        cfg = self._get(self.config_init, "trainer", default={})
+        """CSV logs inside the run directory unless a logger is configured; checkpoints written
+        atomically (:class:`AtomicCheckpointIO`) unless a checkpoint plugin is configured."""
+        cfg = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
         if cfg.get("logger") in (None, True):
             kwargs.setdefault("logger", CSVLogger(cfg.get("default_root_dir") or ".", name="logs"))
+        plugins = cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
     # -- checkpoints ----------------------------------------------------------------------------
