@@ -131,7 +131,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 def _config(seed: int, quiet: bool, overrides: dict) -> PointFitConfig:
     over = dict(overrides)
     model = over.pop("model", {})
-    cfg = PointFitConfig(seed=seed, progress=not quiet, **{"random_truncation": 0.25, **over})
+    cfg = PointFitConfig(seed=seed, progress=not quiet, **over)
     cfg.model.update(model)
     return cfg
 
@@ -228,15 +228,13 @@ def _job(spec: tuple) -> dict:
     if name == "agrifm":
         cfg = _config(seed, c["quiet"], c["overrides"])
         cfg.members, cfg.epochs = members, c["agrifm_epochs"]
-        if not early:
-            cfg.random_truncation = 0.0  # the row: AgriFM's own recipe, without the season cuts
         if c["pooled"]:
             cfg.workers = 1  # already one job per core
         task = fit_point_classifier(c["train"], c["tr_idx"], c["source"], cfg)
         with _member0(task) as single:
             for f in fractions:
                 probs[f].append(predict_table(single, c["cut"][f], c["te_idx"], c["source"]))
-            if not early:
+            if 1.0 in fractions:
                 y_te, names = c["test"].labels[c["te_idx"]], c["train"].class_names
                 out["corrections"] = {corr: rescored(single, cfg, y_tr, corr, lambda tk: _scores(
                     y_te, predict_table(tk, c["test"], c["te_idx"], c["source"]).argmax(1), names))
@@ -332,7 +330,12 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     trunc = dict(random_truncation=probe.random_truncation, min_fraction=probe.min_fraction)
     budget = agrifm_step_budget(len(tr_idx), t, probe.batch_size, agrifm_steps, ceiling)
     agrifm_epochs = _steps_epochs(len(tr_idx), probe.batch_size, budget, 200)
-    workers = max(1, min(jobs or usable_cores(), (2 if early_season else 1) * len(chosen) * seeds))
+    # AgriFM's own recipe holds the season cuts (its variable-length mode), so one AgriFM model per
+    # seed gives its row and its curve; each baseline's row comes from its own recipe (no cuts).
+    recipes = (False, True) if early_season else (False,)
+    specs = [(name, seed, early) for seed in range(seeds) for name in chosen
+             for early in ((early_season,) if name == "agrifm" else recipes)]
+    workers = max(1, min(jobs or usable_cores(), len(specs)))
     ctx = dict(train=train, test=test, tr_idx=tr_idx, te_idx=te_idx, source=source, cut=cut, x_tr=x_tr, y_tr=y_tr,
                d_tr=d_tr, x_te=x_te, n_te=n_te, d_te=d_te, k=k, t=t, members=members, trunc=trunc,
                overrides=overrides or {}, agrifm_epochs=agrifm_epochs, corrections=list(other),
@@ -351,8 +354,6 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     # Every (model, seed, recipe) is an independent job: the row (the model's own recipe, no cuts)
     # and the early-season model (the same cuts for all). Jobs run side by side in worker
     # processes, one torch thread each (these models are too small to use more).
-    recipes = (False, True) if early_season else (False,)
-    specs = [(name, seed, early) for seed in range(seeds) for name in chosen for early in recipes]
     times: dict[str, float] = {m: 0.0 for m in chosen}
     results: dict[tuple, dict] = {}
     clock = time.time()
@@ -361,12 +362,15 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
         name, seed, early = spec
         times[name] += out["seconds"]
         p = out["probs"][1.0][0]
-        print(f"{name} seed {seed} ({'early-season model' if early else 'row model'}): OA "
+        what = "row and early-season model" if name == "agrifm" else "early-season model" if early else "row model"
+        print(f"{name} seed {seed} ({what}): OA "
               f"{_scores(y_te, p.argmax(1), names)['oa']:.4f}, {out['seconds']:.0f} s "
               f"({len(results)}/{len(specs)} jobs, {time.time() - clock:.0f} s)", flush=True)
     for name, seed, early in specs:
         out = results[(name, seed, early)]
         record(curve if early else full, name, out["probs"], out["ensemble"])
+        if name == "agrifm" and early:
+            record(full, name, {1.0: out["probs"][1.0]}, out["ensemble"] and {1.0: out["ensemble"][1.0]})
         for c, score in out["corrections"].items():
             other[c].append(score)
 
@@ -394,6 +398,30 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "early_season_training": trunc, "seconds": {m: round(v, 1) for m, v in times.items()},
                         "recipes": {"temporal_cnn": TEMPCNN_RECIPE, "ltae": LTAE_RECIPE}}
     return summary
+
+
+SAME_SETUP = ("train", "test", "n_train", "classes", "bands", "frames", "early_season_training", "members")
+
+
+def rows_from(s: dict, path: str) -> dict:
+    """``s`` with the rows (and early-season curves) of the models it lacks copied from the
+    summary at ``path``, which must describe the same tables, split, seeds and season cuts."""
+    old = json.loads(Path(path).read_text())
+    diff = [k for k in SAME_SETUP if old.get("setup", {}).get(k) != s["setup"].get(k)]
+    first = _rows(s)[0]
+    if diff or any(old.get(m, {}).get(k) != s[first][k] for m in _rows(old) for k in ("seeds", "n_test")):
+        raise SystemExit(f"--rows-from {path}: another setup ({', '.join(diff) or 'seeds or test series'} differ)")
+    out = dict(s)
+    copied = [m for m in _rows(old) if m not in s]
+    for m in copied:
+        out[m] = old[m]
+        if "early_season" in out and m in old.get("early_season", {}):
+            out["early_season"] = {**out["early_season"], m: old["early_season"][m]}
+    out["setup"] = {**s["setup"], "rows_from": {"path": str(path), "models": copied, "date": old["setup"].get("date")},
+                    "seconds": {**old["setup"].get("seconds", {}), **s["setup"]["seconds"]}}
+    # Columns in the usual order (AgriFM first), whichever run they came from.
+    order = [m for m in LABELS if m in out] + [m for m in out if m.endswith("_ensemble")]
+    return {**{m: out[m] for m in order}, **{k: v for k, v in out.items() if k not in order}}
 
 
 def _rows(s: dict) -> list[str]:
@@ -501,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="models trained side by side, one process and --threads threads each (default: one per core)")
     ap.add_argument("--no-early-season", action="store_true",
                     help="train only each model's row model (half the time; no early-season curve)")
+    ap.add_argument("--rows-from", default=None, metavar="JSON",
+                    help="copy the rows of the models not trained here (--models) from an earlier --json summary "
+                         "of the same tables, split and seeds (every model's training is deterministic given its seed)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.plot and args.no_early_season:
@@ -513,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     s = run(args.train, args.test, args.holdout, args.seeds, args.agrifm_steps, args.quiet, overrides, corrections,
             args.agrifm_max_steps, args.members, [m.strip() for m in args.models.split(",") if m.strip()],
             args.jobs, not args.no_early_season)
+    if args.rows_from:
+        s = rows_from(s, args.rows_from)
     print_table(s)
     if args.json:
         write_text_atomic(args.json, json.dumps(s, indent=2))

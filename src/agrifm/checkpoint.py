@@ -19,7 +19,7 @@ import torch
 from agrifm import __version__
 from agrifm.io import atomic_output
 from agrifm.models.agrifm import AgriFM
-from agrifm.models.config import ModelConfig
+from agrifm.models.config import ModelConfig, needs_fixed_frames
 from agrifm.models.ensemble import Ensemble
 from agrifm.sensors import Source, get_source
 from agrifm.errors import InputError
@@ -200,7 +200,7 @@ class ModelPredictor:
         self.class_names = meta.class_names
         self.class_colors = meta.class_colors
         self.kind = "point" if meta.task == "classification" else "dense"
-        self.frames = meta.model.num_frames if meta.model.feature_fusion == "cat" else None
+        self.frames = meta.model.num_frames if needs_fixed_frames(meta.model) else None
         self.task = meta.task
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         # The scene engine passes acquisition dates to predictors that use them.

@@ -64,6 +64,13 @@ def _resolve_sources(sources: Mapping[str, Source] | Sequence[str]) -> dict[str,
     return {name: get_source(name) for name in sources}
 
 
+def held_to(series: np.ndarray, dates: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """``series`` (T, ...) and its ``dates`` (T,) continued to ``frames`` by repeating the last
+    frame and date (the scene engine holds a cut season the same way, ``predict.sources``)."""
+    held = np.minimum(np.arange(frames), len(series) - 1)
+    return series[held], dates[held]
+
+
 def _dates_tensor(dates: np.ndarray, frames: np.ndarray | None) -> torch.Tensor:
     d = dates if frames is None else dates[frames]
     return torch.from_numpy(days_since_epoch(d))
@@ -125,6 +132,10 @@ class TableDataset(Dataset):
     before gap filling (as clouds would) until about that share of each series is missing, so a
     model trained on clean series learns from interpolated stretches like those of cloudy scenes.
     With ``frames=None`` items keep their own length, so batching needs equal-length series.
+    ``hold``: series shorter than this many frames are continued to it by repeating their last
+    frame and date, as the baselines see a cut season: models whose temporal
+    fusion concatenates frames (``feature_fusion="cat"``) need every frame in its place, where
+    ``frames`` would spread a short series over the whole grid.
     """
 
     def __init__(
@@ -138,6 +149,7 @@ class TableDataset(Dataset):
         noise_std: float = 0.0,
         drop_frames: float = 0.0,
         seed: int = 0,
+        hold: int | None = None,
     ) -> None:
         if not 0.0 <= drop_frames < 1.0:
             raise InputError(f"drop_frames {drop_frames}: expected a probability in [0, 1)")
@@ -151,6 +163,7 @@ class TableDataset(Dataset):
         self.noise_std = noise_std if train else 0.0
         self.drop_frames = drop_frames if train else 0.0
         self.choose = _FrameChooser(frames, train, seed)
+        self.hold = hold
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -162,6 +175,8 @@ class TableDataset(Dataset):
         series = self.table.values[i, :n][:, self.columns, None, None]  # (T, C) -> (T, C, 1, 1)
         if self.drop_frames > 0:
             series = self._blank_frames(series)
+        if self.hold is not None and n < self.hold:
+            series, dates, n = *held_to(series, dates, self.hold), self.hold
         frames = self.choose(n)
         x, nodata = prepare_source(series, None, self.source, frames=frames, dates=dates)
         if self.noise_std > 0:

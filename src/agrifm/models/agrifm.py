@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from agrifm.models.backbone import SwinTransformer3D
-from agrifm.models.config import ModelConfig, fused_widths
+from agrifm.models.config import ModelConfig, fused_widths, level_fusions
 from agrifm.models.decoder import MultiFusionNeck, TemporalFusion
 from agrifm.models.embed import DateEncoding, PatchEmbed3D
 from agrifm.models.heads import ClassificationHead, FractionHead, SegmentationHead
@@ -34,7 +34,7 @@ class SourceEncoder(nn.Module):
         )
         n = len(cfg.depths)
         chans = [cfg.embed_dim * 2**i for i in range(n)] + [cfg.embed_dim * 2 ** (n - 1)]
-        self.fusion = nn.ModuleList(TemporalFusion(cfg.feature_fusion, c) for c in chans)
+        self.fusion = nn.ModuleList(TemporalFusion(mode, c) for mode, c in zip(level_fusions(cfg), chans))
 
     def forward(self, x: torch.Tensor, dates: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         emb = self.patch_emd(x)  # (B, E, D, H, W)

@@ -103,9 +103,24 @@ def level_shapes(cfg: ModelConfig, frames: int) -> list[tuple[int, int]]:
     return out
 
 
+def level_fusions(cfg: ModelConfig) -> list[str]:
+    """Temporal fusion of each level (``features_list`` then the encoder output).
+
+    ``attention-cat``: attention pooling on every level but the encoder output, whose frames are
+    concatenated: the coarsest (whole-season) tokens keep their place in the season, as in the
+    release's ``cat``, while the finer levels stay independent of the series length."""
+    n = len(cfg.depths) + 1
+    if cfg.feature_fusion == "attention-cat":
+        return ["attention"] * (n - 1) + ["cat"]
+    return [cfg.feature_fusion] * n
+
+
+def needs_fixed_frames(cfg: ModelConfig) -> bool:
+    """Whether the model takes exactly ``num_frames`` frames (some level concatenates frames)."""
+    return "cat" in level_fusions(cfg)
+
+
 def fused_widths(cfg: ModelConfig, frames: int | None = None) -> list[int]:
     """Channel width of each level after temporal fusion."""
     shapes = level_shapes(cfg, frames or cfg.num_frames)
-    if cfg.feature_fusion == "cat":
-        return [c * d for c, d in shapes]
-    return [c for c, _ in shapes]
+    return [c * d if mode == "cat" else c for (c, d), mode in zip(shapes, level_fusions(cfg))]

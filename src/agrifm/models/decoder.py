@@ -17,7 +17,7 @@ from agrifm.models.layers import ConvBlock, fast_layout
 
 __all__ = ["TemporalFusion", "MultiFusionNeck", "TEMPORAL_FUSIONS", "resize", "upsample2"]
 
-TEMPORAL_FUSIONS = ("cat", "mean", "attention")
+TEMPORAL_FUSIONS = ("cat", "mean", "attention")  # per level; the config's "attention-cat" mixes them (level_fusions)
 
 
 class TemporalFusion(nn.Module):

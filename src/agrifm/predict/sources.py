@@ -188,6 +188,10 @@ def make_readers(predictor: Predictor, stacks: Mapping[str, Stack], grid: Output
         dates = stack.dates if until is None else stack.dates[
             frames_until(stack.dates, until, what=f"source {name!r} ({stack.path})")]
         frames = fixed_frames(len(dates), predictor.frames) if predictor.frames else None
+        if frames is not None and predictor.kind == "point" and len(dates) < predictor.frames:
+            # A point model trained on a table holds a cut season's last frame (TableDataset's
+            # ``hold``); spreading the frames over the grid would misplace them in the season.
+            frames = np.minimum(np.arange(predictor.frames), len(dates) - 1)
         readers.append(Reader(name, stack, source, _band_selection(name, stack, source, band_map.get(name)),
                                until, grid, window, frames, dates if frames is None else dates[frames]))
     return readers

@@ -1,0 +1,87 @@
+"""Point classifiers whose temporal fusion concatenates frames (``feature_fusion="cat"``): every
+series reaches the model on the table's full grid, a cut season held at its last frame."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from agrifm.data.datasets import TableDataset, held_to
+from agrifm.data.tables import SeriesTable
+from agrifm.errors import InputError
+from agrifm.tasks.pointfit import PointFitConfig, _Truncate, fit_point_classifier, predict_table, source_from_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CAT = {"preset": "point-small", "embed_dim": 8, "depths": [1, 1, 1], "num_heads": [1, 1, 1],
+       "feature_fusion": "cat", "date_encoding": True}
+
+
+def _table(n: int = 48, t: int = 11) -> SeriesTable:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    days = np.datetime64("2020-01-01") + np.arange(t) * 16
+    x = np.arange(t) * 16 / 30.0
+    values = (np.sin(x[None, :] + 2 * labels[:, None]) + 0.1 * rng.standard_normal((n, t)))[..., None]
+    return SeriesTable(values=values.astype(np.float32), dates=np.repeat(days[None], n, 0), lengths=np.full(n, t),
+                       labels=labels, class_names=["a", "b", "c"], sample_ids=np.array([f"s{i}" for i in range(n)]),
+                       bands=("NDVI",), path="toy.csv")
+
+
+def test_held_to_repeats_the_last_frame_and_date() -> None:
+    series = np.arange(4, dtype=np.float32).reshape(4, 1)
+    dates = np.datetime64("2021-03-01") + np.arange(4) * 10
+    s, d = held_to(series, dates, 7)
+    assert s[:, 0].tolist() == [0, 1, 2, 3, 3, 3, 3]
+    assert d.tolist() == [*dates.tolist(), dates[-1], dates[-1], dates[-1]]
+    s, d = held_to(series, dates, 4)
+    assert np.array_equal(s, series) and np.array_equal(d, dates)
+
+
+def test_table_dataset_holds_a_cut_season_on_the_full_grid() -> None:
+    table = _table()
+    cut = table.truncated(0.5).padded(table.values.shape[1])  # 6 of 11 frames, NaN/NaT padding after
+    source = source_from_table(table, np.arange(len(table)), "NDVI")
+    item = TableDataset(cut, source, [0], frames=11, hold=11)[0]
+    x, d = item["inputs"]["NDVI"][:, 0, 0, 0], item["dates"]["NDVI"]
+    assert x.shape == (11,) and d.shape == (11,)
+    full = TableDataset(table, source, [0])[0]
+    torch.testing.assert_close(x[:6], full["inputs"]["NDVI"][:6, 0, 0, 0])
+    assert torch.all(x[6:] == x[5]) and torch.all(d[6:] == d[5]) and torch.equal(d[:6], full["dates"]["NDVI"][:6])
+    # Without ``hold`` the same six frames would be spread over the grid (frame 1 repeated early).
+    spread = TableDataset(cut, source, [0], frames=11)[0]["inputs"]["NDVI"][:, 0, 0, 0]
+    assert not torch.equal(spread, x)
+
+
+def test_truncation_in_hold_mode_keeps_the_length_and_repeats_the_kept_frame() -> None:
+    batch = {"inputs": {"s": torch.arange(10.0).view(1, 10, 1, 1, 1).repeat(2, 1, 1, 1, 1)},
+             "dates": {"s": torch.arange(10.0).repeat(2, 1)}, "label": torch.zeros(2)}
+    out = _Truncate(1.0, 0.25, seed=0, hold=True)(batch)
+    x, d = out["inputs"]["s"][0, :, 0, 0, 0], out["dates"]["s"][0]
+    k = int((x == x.max()).nonzero()[0]) + 1  # frames kept
+    assert x.shape == (10,) and 3 <= k <= 10
+    assert torch.equal(x[:k], torch.arange(float(k))) and torch.all(x[k:] == k - 1) and torch.equal(d, x)
+    sliced = _Truncate(1.0, 0.25, seed=0)(batch)["inputs"]["s"]
+    assert sliced.shape[1] == k  # the same cut, as a shorter series for models of any length
+
+
+def test_cat_point_classifier_takes_the_table_grid_and_predicts_cut_seasons() -> None:
+    table = _table()
+    idx = np.arange(len(table))
+    source = source_from_table(table, idx, "NDVI")
+    cfg = PointFitConfig(epochs=3, batch_size=16, warmup_steps=2, members=1, progress=False, seed=0,
+                         random_truncation=0.5, model=dict(CAT))
+    task = fit_point_classifier(table, idx, source, cfg)
+    assert task.model.config.num_frames == 11 and task.model.config.feature_fusion == "cat"
+    for f in (0.25, 0.5, 1.0):
+        probs = predict_table(task, table.truncated(f).padded(11), idx, source)
+        assert probs.shape == (len(table), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # A cut table not padded back to the grid is held to it too: the same predictions.
+    np.testing.assert_allclose(predict_table(task, table.truncated(0.5), idx, source),
+                               predict_table(task, table.truncated(0.5).padded(11), idx, source), atol=1e-6)
+    longer = dataclasses.replace(table.padded(13), lengths=np.full(len(table), 13))
+    with pytest.raises(InputError, match=r"toy.csv: series of up to 13 frames; this model takes 11"):
+        predict_table(task, longer, idx, source)
