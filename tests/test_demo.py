@@ -198,6 +198,20 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     # 180 series of 32: 5 steps an epoch; 25 epochs would be 125 steps, capped at twice the floor of 10
     assert (s["setup"]["agrifm_epochs"], s["setup"]["agrifm_steps"]) == (4, 20)
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # AgriFM alone against the stored baseline rows: the same AgriFM figures (training is
+    # deterministic given the seed), every other row copied; another setup is refused.
+    again = tmp_path / "again.json"
+    args = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(train), "--test", str(test),
+            "--seeds", "1", "--agrifm-steps", "10", "--quiet", "--set", "lr=0.002", "--set", "model.embed_dim=16",
+            "--members", "2", "--models", "agrifm", "--rows-from", str(out)]
+    r = subprocess.run(args + ["--json", str(again)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = json.loads(again.read_text())
+    assert t["agrifm"] == s["agrifm"] and t["early_season"]["agrifm"] == s["early_season"]["agrifm"]
+    assert all(t[m] == s[m] for m in singles + ensembles)
+    assert t["setup"]["rows_from"]["models"] == [m for m in singles + ensembles if not m.startswith("agrifm")]
+    r = subprocess.run(args[:7] + ["2"] + args[8:], capture_output=True, text=True, cwd=ROOT)  # --seeds 2
+    assert r.returncode != 0 and "another setup" in r.stderr
 
 
 def test_accuracy_step_budget_grows_with_the_table_within_its_bounds():
