@@ -318,3 +318,24 @@ def test_cli_parses_and_runs_with_a_stub_loader(tmp_path: Path, monkeypatch: pyt
     assert cli.parse_band_maps(["S2:B8A=B08,B01=B02"]) == {"S2": {"B8A": "B08", "B01": "B02"}}
     with pytest.raises(ValueError, match="NAME=PATH"):
         cli.parse_sources(["S2"])
+
+
+def test_point_model_of_fixed_length_holds_a_cut_season_at_its_last_frame(tmp_path: Path) -> None:
+    """A point classifier that concatenates frames (trained on a table's grid) sees an early-season
+    cube as its tables' cut seasons: the kept frames in place, the last one repeated; a dense
+    model of fixed length keeps the evenly spread frames of the published protocol."""
+    stack = write_stack(tmp_path / "x", scene(seed=3))
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recording(Threshold):
+        def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            seen[self.kind] = next(iter(inputs.values()))
+            return super().__call__(inputs)
+
+    run(Recording(kind="point", frames=5), {"X": stack}, tmp_path / "point.tif", until="2021-04-15")
+    x = seen["point"]
+    assert x.shape[1] == 5 and not torch.equal(x[:, 0], x[:, 1])
+    assert all(torch.equal(x[:, i], x[:, 1]) for i in range(2, 5))  # frames 0, 1, 1, 1, 1
+    run(Recording(kind="dense", frames=5), {"X": stack}, tmp_path / "dense.tif", until="2021-04-15")
+    d = seen["dense"]
+    assert d.shape[1] == 5 and torch.equal(d[:, 0], d[:, 1]) and not torch.equal(d[:, 1], d[:, 2])  # 0, 0, 1, 1, 1
