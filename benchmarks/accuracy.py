@@ -58,7 +58,7 @@ from agrifm.data.timeseries import fill_series  # noqa: E402
 from agrifm.io import write_text_atomic  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
-    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, source_from_table,
+    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, source_from_table, uses_observed,
 )
 from agrifm.runtime import die_with_parent, usable_cores  # noqa: E402
 
@@ -393,6 +393,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
                         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                         "agrifm_overrides": overrides or {}, "members": members,
+                        "agrifm_observation_band": uses_observed(probe.observed_channel, train, tr_idx),
                         "agrifm_epochs": agrifm_epochs, "agrifm_steps": agrifm_epochs * _steps_per_epoch(len(tr_idx), probe.batch_size),
                         "workers": workers, "wall_seconds": round(time.time() - clock, 1),
                         "early_season_training": trunc, "seconds": {m: round(v, 1) for m, v in times.items()},

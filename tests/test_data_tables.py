@@ -213,3 +213,58 @@ def test_truncated_cuts_each_series_at_a_fraction_of_its_own_frames(tmp_path) ->
     assert table.truncated(1.0).lengths.tolist() == [8, 4]
     with pytest.raises(ValueError, match="fraction must be in"):
         table.truncated(0.0)
+
+
+def test_with_observed_marks_gaps_and_frame_dropout_zeroes_them(table: SeriesTable) -> None:
+    from agrifm.data.tables import OBSERVED
+
+    cloudy = dataclasses.replace(table, values=table.values.copy())
+    cloudy.values[0, 4:7] = np.nan  # three frames under cloud
+    cloudy.values[1, 2, 0] = np.nan  # one band missing: the frame still counts as observed
+    obs = cloudy.with_observed()
+    assert obs.bands == (*table.bands, OBSERVED) and obs.with_observed() is obs
+    mask = obs.values[..., -1]
+    assert mask[0].tolist() == [1.0] * 4 + [0.0] * 3 + [1.0] * (table.values.shape[1] - 7)
+    assert (mask[1] == 1).all()
+    np.testing.assert_array_equal(obs.values[..., :-1], cloudy.values)
+    short = cloudy.truncated(0.5).padded(table.values.shape[1]).with_observed()
+    assert np.isnan(short.values[0, short.lengths[0]:, -1]).all()  # padding is no frame
+    # Frame dropout: a blanked frame reads 0 in the observation band, never an interpolated 1.
+    source = Source("MT", (*BANDS, OBSERVED), 231.656, "mixed", mean=(0.0,) * 7, std=(1.0,) * 7)
+    clean = dataclasses.replace(table.with_observed())
+    ds = TableDataset(clean, source, indices=[0], train=True, drop_frames=0.3)
+    x0 = TableDataset(clean, source, indices=[0])[0]["inputs"]["MT"][:, :, 0, 0].numpy()
+    dropped = []
+    for _ in range(10):
+        x = ds[0]["inputs"]["MT"][:, :, 0, 0].numpy()
+        moved = ~np.isclose(x[:, :-1], x0[:, :-1]).all(axis=1)
+        assert set(np.unique(x[:, -1])) <= {0.0, 1.0}
+        np.testing.assert_array_equal(x[:, -1] == 0, moved)  # zero exactly where a frame was blanked
+        dropped.append(moved.mean())
+    assert 0.15 < np.mean(dropped) < 0.45  # the observation band does not count as a seen value
+    # A series already cloudier than the target keeps its own gaps (the band is not a value).
+    gappy = dataclasses.replace(table, values=table.values.copy())
+    gappy.values[0, 1::3] = np.nan
+    gappy = gappy.with_observed()
+    ds = TableDataset(gappy, source, indices=[0], train=True, drop_frames=0.3)
+    ref = TableDataset(gappy, source, indices=[0])[0]["inputs"]["MT"]
+    assert all(torch.equal(ds[0]["inputs"]["MT"], ref) for _ in range(5))
+
+
+def test_varying_gaps_counts_gaps_that_differ_between_series(table: SeriesTable) -> None:
+    from agrifm.tasks.pointfit import GAPPY, uses_observed
+
+    idx = np.arange(len(table))
+    assert table.varying_gaps() == 0.0 and not uses_observed("auto", table, idx)
+    month = dataclasses.replace(table, values=table.values.copy())
+    month.values[:, 3] = np.nan  # a date missing for every series: nothing to tell them apart
+    assert month.varying_gaps() == 0.0 and not uses_observed("auto", month, idx)
+    cloudy = dataclasses.replace(table, values=table.values.copy())
+    rng = np.random.default_rng(0)
+    cloudy.values[rng.random(cloudy.values.shape[:2]) < 0.2] = np.nan  # clouds series by series
+    share = cloudy.varying_gaps()
+    assert 0.15 < share < 0.25 and share > GAPPY and uses_observed("auto", cloudy, idx)
+    assert uses_observed(True, table, idx) and not uses_observed(False, cloudy, idx)
+    assert cloudy.varying_gaps([]) == 0.0
+    with pytest.raises(ValueError, match="observed_channel 'yes'"):
+        uses_observed("yes", table, idx)

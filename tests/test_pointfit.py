@@ -85,3 +85,67 @@ def test_cat_point_classifier_takes_the_table_grid_and_predicts_cut_seasons() ->
     longer = dataclasses.replace(table.padded(13), lengths=np.full(len(table), 13))
     with pytest.raises(InputError, match=r"toy.csv: series of up to 13 frames; this model takes 11"):
         predict_table(task, longer, idx, source)
+
+
+def test_observed_channel_adds_the_band_at_fit_and_prediction() -> None:
+    from agrifm.data.tables import OBSERVED
+
+    table = _table()
+    table.values[::2, 3:5] = np.nan  # gaps in every other series
+    idx = np.arange(len(table))
+    source = source_from_table(table, idx, "NDVI")
+    cfg = PointFitConfig(epochs=2, batch_size=16, warmup_steps=2, members=1, progress=False, seed=0,
+                         observed_channel=True, model=dict(CAT))
+    task = fit_point_classifier(table, idx, source, cfg)
+    fitted = task.sources_meta["NDVI"]
+    assert fitted.bands == ("NDVI", OBSERVED) and fitted.mean[1] == 0.0 and fitted.std[1] == 1.0
+    probs = predict_table(task, table, idx, source)  # the caller's source: the band is derived
+    assert probs.shape == (len(table), 3)
+    np.testing.assert_allclose(probs, predict_table(task, table.with_observed(), idx, fitted), atol=1e-6)
+    # The model reads the band: the same values with other gaps give other probabilities.
+    filled = dataclasses.replace(table, values=np.nan_to_num(table.values, nan=0.0))
+    assert not np.allclose(predict_table(task, filled, idx, source), probs, atol=1e-4)
+    clash = dataclasses.replace(table, values=np.repeat(table.values, 2, axis=2), bands=("NDVI", OBSERVED))
+    with pytest.raises(InputError, match=r"toy.csv: a band is named 'observed'"):
+        fit_point_classifier(clash, idx, source_from_table(clash, idx, "NDVI"), cfg)
+
+
+def test_observed_channel_model_maps_a_cloudy_scene_as_it_scores_the_table(tmp_path) -> None:
+    """A model fitted with the observation band, exported and run on a scene whose pixels are the
+    table's series (clouds as nodata): the scene path derives the band from the nodata mask and
+    gives every pixel the class the table path gives its series."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from agrifm.checkpoint import load_predictor
+    from agrifm.data.tables import OBSERVED
+    from agrifm.predict.run import predict_scene
+
+    h, w, t = 4, 12, 6
+    table = _table(n=h * w, t=t)
+    rng = np.random.default_rng(1)
+    table.values[rng.random((h * w, t)) < 0.3] = np.nan  # clouds that differ between series
+    table.values[:, 0] = np.where(np.isnan(table.values[:, 0]), 0.5, table.values[:, 0])  # every series seen once
+    days = np.datetime64("2021-01-01") + np.arange(t) * 30
+    table = dataclasses.replace(table, dates=np.repeat(days[None], h * w, 0))
+    idx = np.arange(len(table))
+    source = source_from_table(table, idx, "NDVI")
+    cfg = PointFitConfig(epochs=2, batch_size=16, warmup_steps=2, members=1, progress=False, seed=0, model=dict(CAT))
+    task = fit_point_classifier(table, idx, source, cfg)  # "auto": these gaps differ from series to series
+    assert task.sources_meta["NDVI"].bands == ("NDVI", OBSERVED)
+    ckpt = tmp_path / "m.safetensors"
+    task.export(str(ckpt))
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    for i, d in enumerate(days):
+        with rasterio.open(folder / f"NDVI_{d}.tif", "w", driver="GTiff", width=w, height=h, count=1, dtype="float32",
+                           crs="EPSG:32631", transform=from_origin(500000.0, 4000000.0, 10.0, 10.0), nodata=-9999.0) as ds:
+            ds.write(np.nan_to_num(table.values[:, i, 0].reshape(1, h, w), nan=-9999.0))
+            ds.descriptions = ("NDVI",)
+    out = tmp_path / "map.tif"
+    predict_scene(load_predictor(ckpt, device="cpu"), {"NDVI": folder}, out, window=16, overlap=0, quicklook=False,
+                  progress=False)
+    with rasterio.open(out) as ds:
+        mapped = ds.read(1).reshape(-1)
+    expected = predict_table(task, table, idx, source).argmax(1)
+    np.testing.assert_array_equal(mapped, expected)

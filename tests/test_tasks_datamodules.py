@@ -124,3 +124,19 @@ def test_label_raster_off_grid_is_named(tmp_path):
                         labels=str(cube / "pseudo_labels" / "cropland_classification.tif"), chip_size=8)
     with pytest.raises(ValueError, match=r"label raster .*classification.tif .* not on the grid of source 'S2'"):
         dm.chips
+
+
+def test_table_source_may_list_the_derived_observation_band(tmp_path):
+    from agrifm.data.tables import OBSERVED
+
+    rows = [f"{i},{'ab'[i % 2]},2021-0{d + 1}-01,{'' if (i + d) % 3 == 0 else 0.1 * d + i % 2}"
+            for i in range(20) for d in range(6)]
+    path = tmp_path / "t.csv"
+    path.write_text("sample_id,label,date,NDVI\n" + "\n".join(rows) + "\n")
+    dm = TableDataModule(str(path), {"name": "T", "bands": ["NDVI", OBSERVED]}, val_fraction=0.2, batch_size=4)
+    assert dm.table.bands == ("NDVI", OBSERVED)
+    src = dm.sources["T"]
+    assert src.mean[1] == 0.0 and src.std[1] == 1.0 and src.std[0] != 1.0  # NDVI's own statistics
+    x = dm.dataset("train")[0]["inputs"]["T"][:, 1, 0, 0]
+    i = int(dm.table.sample_ids[dm.parts["train"][0]])
+    assert x.tolist() == [0.0 if (i + d) % 3 == 0 else 1.0 for d in range(6)]

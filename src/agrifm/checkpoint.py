@@ -213,9 +213,7 @@ class ModelPredictor:
         """``inputs`` normalised and gap-filled {src: (B, T, C, H, W)}; ``dates`` {src: (B, T) or (T,)} days."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         if self.smoothing > 0:  # the same smoother the training samples went through (linear: fine on z-scores)
-            from agrifm.data.smoothing import whittaker_torch
-
-            inputs = {k: whittaker_torch(v, self.smoothing, dim=1) for k, v in inputs.items()}
+            inputs = {k: _smoothed(v, self.smoothing, self.sources[k]) for k, v in inputs.items()}
         if dates is not None:
             dates = {k: (d if d.ndim == 2 else d[None].expand(inputs[k].shape[0], -1)).to(self.device)
                      for k, d in dates.items() if k in inputs}
@@ -232,3 +230,15 @@ class ModelPredictor:
 def load_predictor(path: str | Path, device: str | torch.device | None = None, precision: str = "auto") -> ModelPredictor:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return ModelPredictor(load_model(path, device), device, precision)
+
+
+def _smoothed(x: torch.Tensor, lam: float, source: Source) -> torch.Tensor:
+    """Whittaker-smooth ``(B, T, C, ...)`` along time; the 0/1 observation band stays as it is."""
+    from agrifm.data.smoothing import whittaker_torch
+    from agrifm.data.tables import OBSERVED
+
+    out = whittaker_torch(x, lam, dim=1)
+    if OBSERVED in source.bands:
+        i = source.bands.index(OBSERVED)
+        out[:, :, i] = x[:, :, i]
+    return out

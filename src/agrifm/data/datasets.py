@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from agrifm.data.h5 import PathLike, SplitLike, read_h5_sample, sample_paths
-from agrifm.data.tables import SeriesTable
+from agrifm.data.tables import OBSERVED, SeriesTable
 from agrifm.data.timeseries import days_since_epoch, fixed_frames, prepare_source, sample_frames
 from agrifm.sensors import Source, get_source
 from agrifm.errors import InputError
@@ -190,7 +190,8 @@ class TableDataset(Dataset):
         """A copy with observed frames blanked (NaN) until about ``drop_frames`` of the series is
         missing: a clean (composited, smoothed) series loses that share, one already that cloudy
         loses nothing. A band keeps at least two observations (interpolation needs them)."""
-        finite = np.isfinite(series)
+        values = [i for i, b in enumerate(self.source.bands) if b != OBSERVED]
+        finite = np.isfinite(series[:, values])
         seen = finite.any(axis=(1, 2, 3))
         observed = seen.mean()
         p = (self.drop_frames - (1.0 - observed)) / max(observed, 1e-9)
@@ -201,6 +202,8 @@ class TableDataset(Dataset):
             return series
         series = series.copy()
         series[drop] = np.nan
+        if OBSERVED in self.source.bands:  # a blanked frame is a gap: never interpolate the mask
+            series[drop, self.source.bands.index(OBSERVED)] = 0.0
         return series
 
 

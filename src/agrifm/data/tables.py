@@ -20,12 +20,14 @@ from agrifm.errors import AgrifmError
 
 from agrifm.data.splits import split_fractions, split_parts
 
-__all__ = ["SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
+__all__ = ["OBSERVED", "SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
 
 PathLike = Union[str, os.PathLike]
 REQUIRED = ("sample_id", "label", "date")
 COORDS = ("longitude", "latitude")
 NOT_BANDS = frozenset(REQUIRED + COORDS + ("start_date", "end_date"))
+# The derived band of SeriesTable.with_observed: 1 where a frame holds an observation, 0 in a gap.
+OBSERVED = "observed"
 
 
 class TableError(AgrifmError, ValueError):
@@ -86,6 +88,32 @@ class SeriesTable:
         values = np.where(cut[..., None], np.nan, self.values[:, :t])
         dates = np.where(cut, np.datetime64("NaT"), self.dates[:, :t])
         return replace(self, values=values, dates=dates, lengths=lengths)  # NaN is weak-typed: stays float32
+
+    def with_observed(self) -> "SeriesTable":
+        """This table with one more band, :data:`OBSERVED`: 1.0 where a frame has a value in
+        some band, 0.0 in a gap (padding stays NaN). Gap filling turns clouds into plausible
+        values; this band tells a model which ones were seen. A no-op where the band is there."""
+        if OBSERVED in self.bands:
+            return self
+        inside = np.arange(self.values.shape[1])[None, :] < self.lengths[:, None]
+        seen = np.isfinite(self.values).any(axis=2).astype(self.values.dtype)
+        observed = np.where(inside, seen, np.nan).astype(self.values.dtype)
+        return replace(self, values=np.concatenate([self.values, observed[..., None]], axis=2),
+                       bands=(*self.bands, OBSERVED))
+
+    def varying_gaps(self, index: np.ndarray | Sequence[int] | None = None) -> float:
+        """Share of the frames (of the rows ``index``) whose gap/observed state differs from the
+        majority of their date: 0 when every series misses the same dates (a missing month of a
+        composite) or none, about the cloud cover when clouds differ from series to series."""
+        idx = np.arange(len(self)) if index is None else np.asarray(index)
+        if len(idx) == 0:
+            return 0.0
+        inside = np.arange(self.values.shape[1])[None, :] < self.lengths[idx, None]
+        gap = ~np.isfinite(self.values[idx]).any(axis=2) & inside
+        n = inside.sum(axis=0)
+        share = gap.sum(axis=0) / np.maximum(n, 1)
+        minority = np.minimum(share, 1.0 - share) * n
+        return float(minority.sum() / max(int(inside.sum()), 1))
 
     def padded(self, frames: int) -> "SeriesTable":
         """The same samples on a grid of ``frames`` (>= the current) columns: the extra ones are

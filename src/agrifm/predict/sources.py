@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from agrifm.data.stack import Stack, StackArray, open_stack
+from agrifm.data.tables import OBSERVED
 from agrifm.data.timeseries import fixed_frames, prepare_source, until as frames_until
 from agrifm.errors import InputError
 from agrifm.predict.grid import OutputGrid, footprint, overlaps, pixel_size
@@ -98,7 +99,12 @@ class Reader:
         """``(inputs (B, T, C, h, w), valid (B, window, window) bool on the output grid)``."""
         xs, valid = [], []
         for a in self.read(tiles):
-            x, nodata = prepare_source(a.data, a.valid, self.source, frames=self.frames, dates=a.dates)
+            data, ok = a.data, a.valid
+            if OBSERVED in self.source.bands:  # derived, as SeriesTable.with_observed does for tables
+                seen = ok & np.isfinite(data).any(axis=1)
+                data = np.insert(data, self.source.bands.index(OBSERVED), seen.astype(data.dtype), axis=1)
+                ok = None  # data is NaN exactly where invalid; a mask would blank the band's zeros too
+            x, nodata = prepare_source(data, ok, self.source, frames=self.frames, dates=a.dates)
             xs.append(x)
             valid.append(~nodata)
         v = torch.stack(valid)[:, None].float()
@@ -140,24 +146,30 @@ def _canonical_names(predictor: Predictor, names: Sequence[str]) -> dict[str, st
     return out
 
 
+def _stored_bands(source: Source) -> list[str]:
+    """The source's bands a stack holds: all but the derived observation band."""
+    return [b for b in source.bands if b != OBSERVED]
+
+
 def _open(name: str, value: SourceInput, source: Source, band_map: Mapping[str, str] | None) -> Stack:
     if isinstance(value, Stack):
         return value
     try:
-        return open_stack(value, bands=list(source.bands), band_map=dict(band_map or {}) or None)
+        return open_stack(value, bands=_stored_bands(source), band_map=dict(band_map or {}) or None)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"source {name!r}: {e}") from e
 
 
 def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[str, str] | None) -> list[str] | None:
     """Stack band names to read, in the source's order (None when the stack already matches)."""
-    if list(stack.bands) == list(source.bands):
+    wanted = _stored_bands(source)
+    if list(stack.bands) == wanted:
         return None
-    stored = [b if b in stack.bands else (band_map or {}).get(b, b) for b in source.bands]
-    missing = [b for b, s in zip(source.bands, stored) if s not in stack.bands]
+    stored = [b if b in stack.bands else (band_map or {}).get(b, b) for b in wanted]
+    missing = [b for b, s in zip(wanted, stored) if s not in stack.bands]
     if missing:
         raise InputError(
-            f"source {name!r} ({stack.path}): bands {missing} of the predictor's {list(source.bands)} are "
+            f"source {name!r} ({stack.path}): bands {missing} of the predictor's {wanted} are "
             f"not in the stack's {list(stack.bands)}; substitute with band_map (--band-map {name}:{missing[0]}=OTHER)")
     return stored
 

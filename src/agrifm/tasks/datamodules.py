@@ -256,10 +256,7 @@ class TableDataModule(AgriFMDataModule):
 
     @cached_property
     def table(self) -> Any:
-        from agrifm.data.tables import read_table
-
-        bands = list(self.base_sources[self.reference][0].bands)
-        return read_table(self.path, bands=bands, class_names=self.given_class_names)
+        return _read_for(self.path, self.base_sources[self.reference][0], self.given_class_names)
 
     @property
     def class_names(self) -> list[str]:
@@ -278,17 +275,31 @@ class TableDataModule(AgriFMDataModule):
         return out
 
     def _train_stats(self, key: str, source: Source) -> BandStats:
-        return band_stats(self.table.subset(self.parts["train"]), bands=list(source.bands))
+        from agrifm.data.tables import OBSERVED
+
+        stats = band_stats(self.table.subset(self.parts["train"]), bands=list(source.bands))
+        if OBSERVED in source.bands:  # the 0/1 band is given as it is (as PointFitConfig.observed_channel)
+            i = source.bands.index(OBSERVED)
+            stats.mean[i], stats.std[i] = 0.0, 1.0
+        return stats
 
     def _dataset(self, split: str) -> Dataset | None:
         src = self.sources[self.reference]
         if split == "test" and self.test_path:
-            from agrifm.data.tables import read_table
-
-            test = read_table(self.test_path, bands=list(src.bands), class_names=self.class_names)
+            test = _read_for(self.test_path, src, self.class_names)
             return TableDataset(test, src, frames=self.frames, seed=self.seed)
         return TableDataset(self.table, src, self.parts[split], frames=self.frames, train=split == "train",
                             noise_std=self.noise_std, drop_frames=self.drop_frames, seed=self.seed)
+
+
+def _read_for(path: Any, source: Source, class_names: list[str] | None) -> Any:
+    """The table's columns of ``source``; the derived observation band (a model fitted with
+    ``observed_channel``) is computed from the table's gaps, not read."""
+    from agrifm.data.tables import OBSERVED, read_table
+
+    bands = [b for b in source.bands if b != OBSERVED]
+    table = read_table(path, bands=bands, class_names=class_names)
+    return table.with_observed() if OBSERVED in source.bands else table
 
 
 # --------------------------------------------------------------------------- chips
