@@ -231,7 +231,7 @@ def test_with_observed_marks_gaps_and_frame_dropout_zeroes_them(table: SeriesTab
     assert np.isnan(short.values[0, short.lengths[0]:, -1]).all()  # padding is no frame
     # Frame dropout: a blanked frame reads 0 in the observation band, never an interpolated 1.
     source = Source("MT", (*BANDS, OBSERVED), 231.656, "mixed", mean=(0.0,) * 7, std=(1.0,) * 7)
-    clean = dataclasses.replace(table.with_observed())
+    clean = table.with_observed()
     ds = TableDataset(clean, source, indices=[0], train=True, drop_frames=0.3)
     x0 = TableDataset(clean, source, indices=[0])[0]["inputs"]["MT"][:, :, 0, 0].numpy()
     dropped = []

@@ -159,6 +159,9 @@ class TableDataset(Dataset):
                              f"(bands {list(table.bands)})")
         self.table, self.source = table, source
         self.columns = [table.bands.index(b) for b in source.bands]
+        # Frame dropout counts observations in the value bands only; the derived 0/1 band is set to 0.
+        self._observed = source.bands.index(OBSERVED) if OBSERVED in source.bands else None
+        self._values = slice(None) if self._observed is None else [i for i in range(source.num_bands) if i != self._observed]
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         self.noise_std = noise_std if train else 0.0
         self.drop_frames = drop_frames if train else 0.0
@@ -190,8 +193,7 @@ class TableDataset(Dataset):
         """A copy with observed frames blanked (NaN) until about ``drop_frames`` of the series is
         missing: a clean (composited, smoothed) series loses that share, one already that cloudy
         loses nothing. A band keeps at least two observations (interpolation needs them)."""
-        values = [i for i, b in enumerate(self.source.bands) if b != OBSERVED]
-        finite = np.isfinite(series[:, values])
+        finite = np.isfinite(series[:, self._values])
         seen = finite.any(axis=(1, 2, 3))
         observed = seen.mean()
         p = (self.drop_frames - (1.0 - observed)) / max(observed, 1e-9)
@@ -202,8 +204,8 @@ class TableDataset(Dataset):
             return series
         series = series.copy()
         series[drop] = np.nan
-        if OBSERVED in self.source.bands:  # a blanked frame is a gap: never interpolate the mask
-            series[drop, self.source.bands.index(OBSERVED)] = 0.0
+        if self._observed is not None:  # a blanked frame is a gap: never interpolate the mask
+            series[drop, self._observed] = 0.0
         return series
 
 

@@ -20,7 +20,7 @@ from agrifm.errors import AgrifmError
 
 from agrifm.data.splits import split_fractions, split_parts
 
-__all__ = ["OBSERVED", "SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
+__all__ = ["OBSERVED", "stored_bands", "SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
 
 PathLike = Union[str, os.PathLike]
 REQUIRED = ("sample_id", "label", "date")
@@ -28,6 +28,11 @@ COORDS = ("longitude", "latitude")
 NOT_BANDS = frozenset(REQUIRED + COORDS + ("start_date", "end_date"))
 # The derived band of SeriesTable.with_observed: 1 where a frame holds an observation, 0 in a gap.
 OBSERVED = "observed"
+
+
+def stored_bands(bands: Sequence[str]) -> list[str]:
+    """The bands a file holds: all but the derived :data:`OBSERVED` band."""
+    return [b for b in bands if b != OBSERVED]
 
 
 class TableError(AgrifmError, ValueError):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from agrifm.data.stack import Stack, StackArray, open_stack
-from agrifm.data.tables import OBSERVED
+from agrifm.data.tables import OBSERVED, stored_bands
 from agrifm.data.timeseries import fixed_frames, prepare_source, until as frames_until
 from agrifm.errors import InputError
 from agrifm.predict.grid import OutputGrid, footprint, overlaps, pixel_size
@@ -146,23 +146,18 @@ def _canonical_names(predictor: Predictor, names: Sequence[str]) -> dict[str, st
     return out
 
 
-def _stored_bands(source: Source) -> list[str]:
-    """The source's bands a stack holds: all but the derived observation band."""
-    return [b for b in source.bands if b != OBSERVED]
-
-
 def _open(name: str, value: SourceInput, source: Source, band_map: Mapping[str, str] | None) -> Stack:
     if isinstance(value, Stack):
         return value
     try:
-        return open_stack(value, bands=_stored_bands(source), band_map=dict(band_map or {}) or None)
+        return open_stack(value, bands=stored_bands(source.bands), band_map=dict(band_map or {}) or None)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"source {name!r}: {e}") from e
 
 
 def _band_selection(name: str, stack: Stack, source: Source, band_map: Mapping[str, str] | None) -> list[str] | None:
     """Stack band names to read, in the source's order (None when the stack already matches)."""
-    wanted = _stored_bands(source)
+    wanted = stored_bands(source.bands)
     if list(stack.bands) == wanted:
         return None
     stored = [b if b in stack.bands else (band_map or {}).get(b, b) for b in wanted]

@@ -295,10 +295,9 @@ class TableDataModule(AgriFMDataModule):
 def _read_for(path: Any, source: Source, class_names: list[str] | None) -> Any:
     """The table's columns of ``source``; the derived observation band (a model fitted with
     ``observed_channel``) is computed from the table's gaps, not read."""
-    from agrifm.data.tables import OBSERVED, read_table
+    from agrifm.data.tables import OBSERVED, read_table, stored_bands
 
-    bands = [b for b in source.bands if b != OBSERVED]
-    table = read_table(path, bands=bands, class_names=class_names)
+    table = read_table(path, bands=stored_bands(source.bands), class_names=class_names)
     return table.with_observed() if OBSERVED in source.bands else table
 
 
