@@ -20,7 +20,7 @@ from agrifm.errors import AgrifmError
 
 from agrifm.data.splits import split_fractions, split_parts
 
-__all__ = ["OBSERVED", "stored_bands", "SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
+__all__ = ["OBSERVED", "OBSERVED_STATS", "stored_bands", "SeriesTable", "read_table", "group_ids", "grouped_split", "TableError"]
 
 PathLike = Union[str, os.PathLike]
 REQUIRED = ("sample_id", "label", "date")
@@ -28,6 +28,7 @@ COORDS = ("longitude", "latitude")
 NOT_BANDS = frozenset(REQUIRED + COORDS + ("start_date", "end_date"))
 # The derived band of SeriesTable.with_observed: 1 where a frame holds an observation, 0 in a gap.
 OBSERVED = "observed"
+OBSERVED_STATS = (0.0, 1.0)  # its normalisation (mean, std): the 0/1 band is given as it is
 
 
 def stored_bands(bands: Sequence[str]) -> list[str]:

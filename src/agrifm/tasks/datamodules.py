@@ -275,12 +275,12 @@ class TableDataModule(AgriFMDataModule):
         return out
 
     def _train_stats(self, key: str, source: Source) -> BandStats:
-        from agrifm.data.tables import OBSERVED
+        from agrifm.data.tables import OBSERVED, OBSERVED_STATS
 
         stats = band_stats(self.table.subset(self.parts["train"]), bands=list(source.bands))
         if OBSERVED in source.bands:  # the 0/1 band is given as it is (as PointFitConfig.observed_channel)
             i = source.bands.index(OBSERVED)
-            stats.mean[i], stats.std[i] = 0.0, 1.0
+            stats.mean[i], stats.std[i] = OBSERVED_STATS
         return stats
 
     def _dataset(self, split: str) -> Dataset | None:

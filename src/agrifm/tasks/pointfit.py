@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from agrifm.data.tables import OBSERVED, SeriesTable
+from agrifm.data.tables import OBSERVED, OBSERVED_STATS, SeriesTable
 from agrifm.data.timeseries import fill_series
 from agrifm.errors import InputError
 from agrifm.runtime import die_with_parent, trainer_precision, usable_cores
@@ -238,13 +238,14 @@ def uses_observed(setting: bool | str, table: SeriesTable, train_index: np.ndarr
 
 def _with_observed(table: SeriesTable, source: Source, *, fitting: bool = False) -> tuple[SeriesTable, Source]:
     """The table and source with the :data:`~agrifm.data.tables.OBSERVED` band appended; the
-    band is 0/1 as it is (mean 0, std 1), so a table without gaps does not divide by a zero std."""
+    band is 0/1 as it is (``OBSERVED_STATS``), so a table without gaps does not divide by a zero std."""
     if fitting and OBSERVED in table.bands:
         raise InputError(f"table {table.path}: a band is named {OBSERVED!r}, the name of the derived "
                          f"observation band (observed_channel); rename it")
     if OBSERVED not in source.bands:
         source = Source.from_dict({**source.to_dict(), "bands": [*source.bands, OBSERVED],
-                                   "mean": [*source.mean, 0.0], "std": [*source.std, 1.0]})
+                                   "mean": [*source.mean, OBSERVED_STATS[0]],
+                                   "std": [*source.std, OBSERVED_STATS[1]]})
     return table.with_observed(), source
 
 
