@@ -459,6 +459,10 @@ FIT = [
          _fit_setup(class_names=["b", "a"])),
     Case("test-no-best-checkpoint", ["test", *F, "--ckpt_path", "best"], r"no best\.ckpt in .*checkpoints", _fit_setup()),
     Case("validate-no-last-checkpoint", ["validate", *F, "--ckpt_path", "last"], r"no last\.ckpt in .*checkpoints", _fit_setup()),
+    Case("test-report-exists", ["test", *F], r"run folder .*run holds a test report \(.*test/metrics\.json\).*--overwrite",
+         _fit_setup(then=_touch("run/test/metrics.json"))),
+    Case("validate-report-exists", ["validate", *F], r"holds a validate report \(.*validate/metrics\.json\).*--overwrite",
+         _fit_setup(then=_touch("run/validate/metrics.json"))),
 ]
 
 CASES = PREDICT + STATS + PRETRAIN + PRETRAIN_DATA + FIT

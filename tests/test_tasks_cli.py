@@ -84,6 +84,14 @@ def test_sinop_points_sparse_labels(tmp_path):
                             "--data.init_args.frames", "4")
     assert 1 <= metrics["n"] <= 8  # only the labelled points of the test chips are evaluated
     assert read_metadata(tmp_path / "model.safetensors").sources["MOD13Q1"].bands == ("NDVI", "EVI")
+    # A second test keeps the first report unless told to replace it.
+    args = _args("test", CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
+                 json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
+                 str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"), "--data.init_args.frames", "4")
+    report = tmp_path / "test" / "metrics.json"
+    report.write_text("{}")
+    assert agrifm(args) == 2 and report.read_text() == "{}"
+    assert agrifm([*args, "--overwrite"]) == 0 and json.loads(report.read_text())["n"] == metrics["n"]
 
 
 def test_two_resolutions_fit(tmp_path):

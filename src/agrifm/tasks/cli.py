@@ -126,7 +126,8 @@ class AgriFMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--overwrite", action="store_true",
-                            help="fit: start afresh in a run folder that holds a run, replacing it")
+                            help="fit: start afresh in a run folder that holds a run, replacing it; "
+                                 "validate/test: replace the run's earlier report (RUN/validate/, RUN/test/)")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val_mf1", "checkpoint.mode": "max", "checkpoint.filename": "best",
                              "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
@@ -221,12 +222,22 @@ class AgriFMCLI(LightningCLI):
         self._check_class_names()
         self._resolve_ckpt(())
 
+    def _refuse_replacing_a_report(self) -> None:
+        """``validate``/``test`` write ``RUN/<stage>/``; an earlier report there needs ``--overwrite``."""
+        stage = str(self.subcommand)
+        earlier = self.run_dir / stage / "metrics.json"
+        if earlier.exists() and not self.config_init[stage].get("overwrite"):
+            raise OutputExistsError(f"run folder {self.run_dir} holds a {stage} report ({earlier}): pass --overwrite "
+                                    "to replace it, or another --trainer.default_root_dir")
+
     def before_validate(self) -> None:
         self._check_class_names()
+        self._refuse_replacing_a_report()
         self._resolve_ckpt(("best", "last"))
 
     def before_test(self) -> None:
         self._check_class_names()
+        self._refuse_replacing_a_report()
         self._resolve_ckpt(("best", "last"))
 
     # -- outputs --------------------------------------------------------------------------------
