@@ -274,18 +274,9 @@ def _job(spec: tuple) -> dict:
     return out
 
 
-def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
-        overrides: dict | None = None, corrections: list[float] | None = None,
-        agrifm_max_steps: int | None = None, members: int = 1, models: list[str] | None = None,
-        jobs: int | None = None, early_season: bool = True) -> dict:
-    from agrifm.models.baselines import LTAE_RECIPE, TEMPCNN_RECIPE, day_positions
-
-    if members < 1:
-        raise SystemExit(f"--members {members}: expected at least 1")
-    models = list(LABELS) if models is None else models
-    unknown = [m for m in models if m not in LABELS]
-    if unknown or not models:
-        raise SystemExit(f"--models {','.join(models)}: expected some of {','.join(LABELS)}")
+def load_tables(train_path: str, test_path: str | None, holdout: float) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """``(train, test, train_index, test_index)``: two tables over one class list and one frame
+    grid, or without ``test_path`` one table and its grouped hold-out (``test`` is ``train``)."""
     train = read_table(train_path)
     if test_path:
         test = read_table(test_path, bands=list(train.bands))
@@ -298,14 +289,29 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                   f"no model can predict them", flush=True)
         names = list(train.class_names) + unseen
         train, test = train.with_classes(names), test.with_classes(names)
-        tr_idx, te_idx = np.arange(len(train)), None
+        tr_idx, te_idx = np.arange(len(train)), np.arange(len(test))
     else:
         tr_idx, te_idx = grouped_split(train, holdout, seed=0)
         test = train
-    te_idx = np.arange(len(test)) if te_idx is None else te_idx
     # One frame grid for both sides (tables may differ in length): pad to the longer one.
     t = max(train.values.shape[1], test.values.shape[1])
-    train, test = train.padded(t), test.padded(t)
+    return train.padded(t), test.padded(t), tr_idx, te_idx
+
+
+def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agrifm_steps: int, quiet: bool,
+        overrides: dict | None = None, corrections: list[float] | None = None,
+        agrifm_max_steps: int | None = None, members: int = 1, models: list[str] | None = None,
+        jobs: int | None = None, early_season: bool = True) -> dict:
+    from agrifm.models.baselines import LTAE_RECIPE, TEMPCNN_RECIPE, day_positions
+
+    if members < 1:
+        raise SystemExit(f"--members {members}: expected at least 1")
+    models = list(LABELS) if models is None else models
+    unknown = [m for m in models if m not in LABELS]
+    if unknown or not models:
+        raise SystemExit(f"--models {','.join(models)}: expected some of {','.join(LABELS)}")
+    train, test, tr_idx, te_idx = load_tables(train_path, test_path, holdout)
+    t = train.values.shape[1]
     names = train.class_names
     k = len(names)
     y_tr, y_te = train.labels[tr_idx], test.labels[te_idx]
