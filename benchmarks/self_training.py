@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     source = source_from_table(train, tr_idx, "table")  # both models: the training rows' statistics
     batch = _config(0, True, overrides).batch_size
     budget = agrifm_step_budget(len(tr_idx), train.values.shape[1], batch, args.agrifm_steps, 2 * args.agrifm_steps)
+    epochs = _steps_epochs(len(tr_idx), batch, budget, 200)  # the first model's: accuracy.py's agrifm row
     rows: dict[str, list[dict]] = {"agrifm": [], "agrifm_self_trained": []}
     pseudo = []
     for seed in range(args.seeds):
         clock = time.time()
         cfg = _config(seed, True, overrides)
-        cfg.members, cfg.epochs = 1, _steps_epochs(len(tr_idx), batch, budget, 200)
+        cfg.members, cfg.epochs = 1, epochs
         probs = predict_table(fit_point_classifier(train, tr_idx, source, cfg), test, te_idx, source)
         rows["agrifm"].append(_scores(y, probs.argmax(1), names))
         keep, labels = pseudo_labelled(probs, args.tau)

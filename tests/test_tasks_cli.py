@@ -78,16 +78,13 @@ def test_pastis_boundary_from_instances(tmp_path):
 
 def test_sinop_points_sparse_labels(tmp_path):
     cube = need(DEMO_DATA / "mato_grosso_modis" / "sinop_cube")
-    metrics = _fit_and_test(CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
-                            json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
-                            str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"),
-                            "--data.init_args.frames", "4")
+    data = ["--data.init_args.stacks", json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
+            str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"), "--data.init_args.frames", "4"]
+    metrics = _fit_and_test(CONFIGS / "sinop_points.yaml", tmp_path, *data)
     assert 1 <= metrics["n"] <= 8  # only the labelled points of the test chips are evaluated
     assert read_metadata(tmp_path / "model.safetensors").sources["MOD13Q1"].bands == ("NDVI", "EVI")
     # A second test keeps the first report unless told to replace it.
-    args = _args("test", CONFIGS / "sinop_points.yaml", tmp_path, "--data.init_args.stacks",
-                 json.dumps({"MOD13Q1": str(cube)}), "--data.init_args.points",
-                 str(DEMO_DATA / "mato_grosso_modis" / "samples" / "sinop_points.csv"), "--data.init_args.frames", "4")
+    args = _args("test", CONFIGS / "sinop_points.yaml", tmp_path, *data)
     report = tmp_path / "test" / "metrics.json"
     report.write_text("{}")
     assert agrifm(args) == 2 and report.read_text() == "{}"
