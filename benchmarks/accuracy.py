@@ -12,7 +12,11 @@ TABLE: long CSV/Parquet with ``sample_id``, ``label``, ``date`` and one numeric 
 mean over seeds with its standard deviation:
 
 - ``agrifm``: the AgriFM point classifier (``PointFitConfig`` defaults, variable-length mode),
-  one model;
+  one model, self-trained: a supervised model labels the test series it predicts with a class
+  probability of at least ``self_training`` (0.9; their labels are never read), and the row's
+  model is trained from scratch on the training plus those series (``pointfit.self_trained``);
+- extra row ``agrifm_supervised``: the supervised model it started from (trained on the training
+  series alone; ``--set self_training=null`` makes it the ``agrifm`` row and drops this one);
 - ``random_forest``: 300 trees on the flattened, gap-filled series;
 - ``temporal_cnn``: TempCNN as published (Pelletier et al. 2019; ``TEMPCNN_RECIPE``);
 - ``ltae``: L-TAE with the paper's defaults and day-of-acquisition positions (``LTAE_RECIPE``);
@@ -29,16 +33,16 @@ batches cut at a random point of the season, at least a quarter of it; the fores
 copies of a third of its rows, so a quarter of its training set is cut), and scored with each
 test series cut after 1/4, 1/2, 3/4 and all of its frames (``early_season[model][fraction]``).
 The cut series are gap-filled as all series are (the last value held to the end of the grid);
-L-TAE also masks the frames past the cut. AgriFM's recipe already holds these cuts, so one AgriFM
-model gives its row and its curve; the baselines' rows come from models trained by their own
-recipes (no cuts: the cut copies cost the forest 0.02 OA on Mato Grosso), their curves from a
-second model of each trained with the cuts (so a baseline's "1" point may differ from its row).
+L-TAE also masks the frames past the cut. AgriFM's recipe already holds these cuts, so its
+supervised model gives its curve (a self-trained model's pseudo-labels come from whole test
+series, which an early-season model does not have); the baselines' rows come from models trained
+by their own recipes (no cuts: the cut copies cost the forest 0.02 OA on Mato Grosso), their
+curves from a second model of each trained with the cuts (so a "1" point may differ from its row).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -58,7 +62,8 @@ from agrifm.data.timeseries import fill_series  # noqa: E402
 from agrifm.io import write_text_atomic  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
-    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, source_from_table, uses_observed,
+    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, self_trained, source_from_table,
+    steps_per_epoch, uses_observed,
 )
 from agrifm.runtime import die_with_parent, usable_cores  # noqa: E402
 
@@ -67,6 +72,9 @@ T = TypeVar("T")
 LABELS = {"agrifm": "AgriFM", "random_forest": "Random Forest", "temporal_cnn": "TempCNN", "ltae": "L-TAE",
           "temporal_cnn_pooled": "pooled CNN"}
 SINGLE = ("agrifm", "random_forest", "temporal_cnn", "ltae")  # the four rows every table reports
+# Rows that come with a model rather than being chosen: the supervised AgriFM model that the
+# self-trained one started from.
+EXTRA = {"agrifm_supervised": "AgriFM supervised"}
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -83,12 +91,8 @@ def _normalised(values: np.ndarray, dates: np.ndarray, mean: np.ndarray, std: np
     return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
 
-def _steps_per_epoch(n: int, batch: int) -> int:
-    return max(1, n // batch)  # training drops the last partial batch
-
-
 def _steps_epochs(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
-    return max(1, min(max_epochs, max_steps // _steps_per_epoch(n, batch)))
+    return max(1, min(max_epochs, max_steps // steps_per_epoch(n, batch)))
 
 
 REFERENCE_FRAMES = 23  # the series length the ceiling is sized for (~6,000 x 23 tables in 30 min on 2 cores)
@@ -102,7 +106,7 @@ def agrifm_step_budget(n: int, frames: int, batch: int, floor: int, ceiling: int
     Small tables get many passes within the floor; a table of 6,000 series gets 25 passes rather
     than 12 (stress table, 3 seeds: OA 0.9722 -> 0.9747, README)."""
     cap = max(floor, int(ceiling * min(1.0, REFERENCE_FRAMES / max(frames, 1))))
-    return min(cap, max(floor, epochs * _steps_per_epoch(n, batch)))
+    return min(cap, max(floor, epochs * steps_per_epoch(n, batch)))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -149,21 +153,6 @@ def rescored(task, cfg: PointFitConfig, y_train: np.ndarray, correction: float, 
         return score(task)
     finally:
         task.add_logit_bias((-delta).tolist())
-
-
-@contextlib.contextmanager
-def _member0(task):
-    """Within the block, ``task`` is its ensemble's first member alone (unchanged for one model)."""
-    members = getattr(task.model, "members", None)
-    if members is None:
-        yield task
-        return
-    whole = task.model
-    task.model = members[0]
-    try:
-        yield task
-    finally:
-        task.model = whole
 
 
 def _truncated_copies(x: np.ndarray, share: float, min_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,24 +212,34 @@ def _job(spec: tuple) -> dict:
     members, k, trunc, y_tr = c["members"], c["k"], c["trunc"], c["y_tr"]
     fractions = FRACTIONS if early else (1.0,)
     probs: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
-    out: dict[str, Any] = {"probs": probs, "ensemble": None, "corrections": {}}
+    out: dict[str, Any] = {"probs": probs, "corrections": {}}
     clock = time.time()
     if name == "agrifm":
-        cfg = _config(seed, c["quiet"], c["overrides"])
-        cfg.members, cfg.epochs = members, c["agrifm_epochs"]
-        if c["pooled"]:
-            cfg.workers = 1  # already one job per core
-        task = fit_point_classifier(c["train"], c["tr_idx"], c["source"], cfg)
-        with _member0(task) as single:
+        # Each member: the supervised model (its early-season curve: its pseudo-labels would come
+        # from whole test series, which an early-season model cannot see) and, with self-training,
+        # the model self-trained on the unlabelled test series (the row).
+        out["row"], out["pseudo"] = [], []
+        y_te, names = c["test"].labels[c["te_idx"]], c["train"].class_names
+        for i in range(members):
+            cfg = _config(seed * members + i, c["quiet"], c["overrides"])
+            cfg.members, cfg.epochs = 1, c["agrifm_epochs"]
+            task = fit_point_classifier(c["train"], c["tr_idx"], c["source"], cfg)
             for f in fractions:
-                probs[f].append(predict_table(single, c["cut"][f], c["te_idx"], c["source"]))
-            if 1.0 in fractions:
-                y_te, names = c["test"].labels[c["te_idx"]], c["train"].class_names
-                out["corrections"] = {corr: rescored(single, cfg, y_tr, corr, lambda tk: _scores(
+                probs[f].append(predict_table(task, c["cut"][f], c["te_idx"], c["source"]))
+            y_fit = y_tr
+            if cfg.self_training:
+                task, pseudo = self_trained(task, c["train"], c["tr_idx"], c["source"], cfg,
+                                            c["test"].subset(c["te_idx"]))
+                out["row"].append(predict_table(task, c["test"], c["te_idx"], c["source"]))
+                out["pseudo"].append({"share": len(pseudo.index) / max(pseudo.pool, 1), "accuracy": float(
+                    (pseudo.labels == y_te[pseudo.index]).mean()) if len(pseudo.index) else float("nan")})
+                y_fit = np.concatenate([y_tr, pseudo.labels])
+            else:
+                out["row"].append(probs[1.0][-1])
+            if i == 0 and c["corrections"]:
+                out["corrections"] = {corr: rescored(task, cfg, y_fit, corr, lambda tk: _scores(
                     y_te, predict_table(tk, c["test"], c["te_idx"], c["source"]).argmax(1), names))
                     for corr in c["corrections"]}
-        if members > 1:
-            out["ensemble"] = {f: predict_table(task, c["cut"][f], c["te_idx"], c["source"]) for f in fractions}
     elif name == "random_forest":
         for i in range(members):
             s = seed * members + i
@@ -327,17 +326,23 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
           f"{len(te_idx)} series; {k} classes; bands {list(train.bands)}; {t} dates", flush=True)
 
     chosen = [m for m in LABELS if m in models]
-    rows = chosen + ([f"{m}_ensemble" for m in chosen] if members > 1 else [])
-    curve: dict[str, dict[float, list[dict]]] = {m: {f: [] for f in FRACTIONS} for m in rows}  # early-season training
+    probe = _config(0, quiet, overrides or {})
+    # With self-training the AgriFM row is the self-trained model; the supervised one it started
+    # from is the extra row agrifm_supervised (and gives AgriFM's early-season curve).
+    supervised = ["agrifm_supervised"] if "agrifm" in chosen and probe.self_training else []
+    singles = chosen + supervised
+    rows = singles + ([f"{m}_ensemble" for m in singles] if members > 1 else [])
+    curved = chosen + ([f"{m}_ensemble" for m in chosen] if members > 1 else [])
+    curve: dict[str, dict[float, list[dict]]] = {m: {f: [] for f in FRACTIONS} for m in curved}  # early-season training
     full: dict[str, dict[float, list[dict]]] = {m: {1.0: []} for m in rows}  # each model's own recipe
     other: dict[float, list[dict]] = {c: [] for c in corrections or []}
     ceiling = 2 * agrifm_steps if agrifm_max_steps is None else agrifm_max_steps
-    probe = _config(0, quiet, overrides or {})
     trunc = dict(random_truncation=probe.random_truncation, min_fraction=probe.min_fraction)
     budget = agrifm_step_budget(len(tr_idx), t, probe.batch_size, agrifm_steps, ceiling)
     agrifm_epochs = _steps_epochs(len(tr_idx), probe.batch_size, budget, 200)
-    # AgriFM's own recipe holds the season cuts (its variable-length mode), so one AgriFM model per
-    # seed gives its row and its curve; each baseline's row comes from its own recipe (no cuts).
+    # AgriFM's own recipe holds the season cuts (its variable-length mode), so one AgriFM job per
+    # seed gives its row (self-trained) and its curve (the supervised model); each baseline's row
+    # comes from its own recipe (no cuts).
     recipes = (False, True) if early_season else (False,)
     specs = [(name, seed, early) for seed in range(seeds) for name in chosen
              for early in ((early_season,) if name == "agrifm" else recipes)]
@@ -345,17 +350,15 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     ctx = dict(train=train, test=test, tr_idx=tr_idx, te_idx=te_idx, source=source, cut=cut, x_tr=x_tr, y_tr=y_tr,
                d_tr=d_tr, x_te=x_te, n_te=n_te, d_te=d_te, k=k, t=t, members=members, trunc=trunc,
                overrides=overrides or {}, agrifm_epochs=agrifm_epochs, corrections=list(other),
-               quiet=quiet or workers > 1, threads=torch.get_num_threads(), pooled=workers > 1)
+               quiet=quiet or workers > 1, threads=torch.get_num_threads())
 
-    def record(into: dict[str, dict[float, list[dict]]], name: str, probs: dict[float, list[np.ndarray]],
-               ensemble: dict[float, np.ndarray] | None = None) -> None:
-        """Score member 0 as the single model and, with several members, their mean probability (or
-        ``ensemble``'s) as the ensemble."""
+    def record(into: dict[str, dict[float, list[dict]]], name: str, probs: dict[float, list[np.ndarray]]) -> None:
+        """Score member 0 as the single model and, with several members, their mean probability as
+        the ensemble."""
         for f, p in probs.items():
             into[name][f].append(_scores(y_te, p[0].argmax(1), names))
             if members > 1:
-                mean_p = ensemble[f] if ensemble is not None else np.mean(p, axis=0)
-                into[f"{name}_ensemble"][f].append(_scores(y_te, mean_p.argmax(1), names))
+                into[f"{name}_ensemble"][f].append(_scores(y_te, np.mean(p, axis=0).argmax(1), names))
 
     # Every (model, seed, recipe) is an independent job: the row (the model's own recipe, no cuts)
     # and the early-season model (the same cuts for all). Jobs run side by side in worker
@@ -367,16 +370,26 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
         results[spec] = out
         name, seed, early = spec
         times[name] += out["seconds"]
-        p = out["probs"][1.0][0]
-        what = "row and early-season model" if name == "agrifm" else "early-season model" if early else "row model"
-        print(f"{name} seed {seed} ({what}): OA "
-              f"{_scores(y_te, p.argmax(1), names)['oa']:.4f}, {out['seconds']:.0f} s "
+        oa = _scores(y_te, out.get("row", out["probs"][1.0])[0].argmax(1), names)["oa"]
+        if name == "agrifm" and supervised:
+            what = (f"self-trained; supervised OA {_scores(y_te, out['probs'][1.0][0].argmax(1), names)['oa']:.4f}, "
+                    f"{out['pseudo'][0]['share']:.0%} of the test series pseudo-labelled")
+        else:
+            what = "row and early-season model" if name == "agrifm" else "early-season model" if early else "row model"
+        print(f"{name} seed {seed} ({what}): OA {oa:.4f}, {out['seconds']:.0f} s "
               f"({len(results)}/{len(specs)} jobs, {time.time() - clock:.0f} s)", flush=True)
+    pseudo: list[dict] = []
     for name, seed, early in specs:
         out = results[(name, seed, early)]
-        record(curve if early else full, name, out["probs"], out["ensemble"])
-        if name == "agrifm" and early:
-            record(full, name, {1.0: out["probs"][1.0]}, out["ensemble"] and {1.0: out["ensemble"][1.0]})
+        if name == "agrifm":
+            record(full, name, {1.0: out["row"]})
+            if supervised:
+                record(full, "agrifm_supervised", {1.0: out["probs"][1.0]})
+                pseudo.extend(out["pseudo"][:1])
+            if early:
+                record(curve, name, out["probs"])
+        else:
+            record(curve if early else full, name, out["probs"])
         for c, score in out["corrections"].items():
             other[c].append(score)
 
@@ -391,7 +404,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
 
     summary: dict[str, Any] = {m: agg(full[m][1.0]) for m in rows}
     if early_season:
-        summary["early_season"] = {m: {f"{f:g}": agg(r) for f, r in curve[m].items()} for m in rows}
+        summary["early_season"] = {m: {f"{f:g}": agg(r) for f, r in curve[m].items()} for m in curved}
     if other:
         summary["agrifm_prior_correction"] = {f"{c:g}": agg(r) for c, r in other.items()}
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
@@ -400,7 +413,10 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                         "agrifm_overrides": overrides or {}, "members": members,
                         "agrifm_observation_band": uses_observed(probe.observed_channel, train, tr_idx),
-                        "agrifm_epochs": agrifm_epochs, "agrifm_steps": agrifm_epochs * _steps_per_epoch(len(tr_idx), probe.batch_size),
+                        "agrifm_self_training": {"tau": probe.self_training, "max_steps": probe.self_training_steps,
+                                                 "pseudo_labels": pseudo} if supervised else None,
+                        "agrifm_epochs": agrifm_epochs,
+                        "agrifm_steps": agrifm_epochs * steps_per_epoch(len(tr_idx), probe.batch_size),
                         "workers": workers, "wall_seconds": round(time.time() - clock, 1),
                         "early_season_training": trunc, "seconds": {m: round(v, 1) for m, v in times.items()},
                         "recipes": {"temporal_cnn": TEMPCNN_RECIPE, "ltae": LTAE_RECIPE}}
@@ -427,12 +443,12 @@ def rows_from(s: dict, path: str) -> dict:
     out["setup"] = {**s["setup"], "rows_from": {"path": str(path), "models": copied, "date": old["setup"].get("date")},
                     "seconds": {**old["setup"].get("seconds", {}), **s["setup"]["seconds"]}}
     # Columns in the usual order (AgriFM first), whichever run they came from.
-    order = [m for m in LABELS if m in out] + [m for m in out if m.endswith("_ensemble")]
+    order = [m for m in (*LABELS, *EXTRA) if m in out] + [m for m in out if m.endswith("_ensemble")]
     return {**{m: out[m] for m in order}, **{k: v for k, v in out.items() if k not in order}}
 
 
 def _rows(s: dict) -> list[str]:
-    return [m for m in s if m in LABELS or m.removesuffix("_ensemble") in LABELS]
+    return [m for m in s if m.removesuffix("_ensemble") in LABELS or m.removesuffix("_ensemble") in EXTRA]
 
 
 def print_table(s: dict) -> None:
@@ -451,16 +467,17 @@ def print_table(s: dict) -> None:
     if "early_season" not in s:
         return
     print("\nEarly season (each model trained with the same truncation augmentation), OA / mF1:")
-    fr = list(s["early_season"][_rows(s)[0]])
+    curved = [m for m in _rows(s) if m in s["early_season"]]
+    fr = list(s["early_season"][curved[0]])
     print(f"  {'model':<26} " + "  ".join(f"{'first ' + format(float(f), '.0%'):>17}" for f in fr))
-    for name in _rows(s):
+    for name in curved:
         cells = [f"{r['oa']:.4f} / {r['mf1']:.4f}" for r in s["early_season"][name].values()]
         print(f"  {name:<26} " + "  ".join(f"{c:>17}" for c in cells))
 
 
 METRICS = {"oa": ("OA", "#4c72b0"), "mf1": ("mF1", "#dd8452")}  # name, colour
-COLOURS = {"agrifm": "#c44e52", "random_forest": "#55a868", "temporal_cnn": "#4c72b0", "ltae": "#8172b2",
-           "temporal_cnn_pooled": "#937860"}
+COLOURS = {"agrifm": "#c44e52", "agrifm_supervised": "#e8a0a2", "random_forest": "#55a868", "temporal_cnn": "#4c72b0",
+           "ltae": "#8172b2", "temporal_cnn_pooled": "#937860"}
 
 
 def _short(path: str) -> str:
@@ -485,13 +502,14 @@ def plot(s: dict, path: str) -> None:
         bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, color=color, label=name)
         ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=7)
     for curve, (metric, (name, _)) in zip(curves, METRICS.items()):
-        for m in models:
+        for m in (m for m in models if m in s["early_season"]):
             rows = s["early_season"][m]
             fr = [float(f) for f in rows]
             mean = np.array([r[metric] for r in rows.values()])
             std = np.array([r[f"{metric}_std"] for r in rows.values()])
             colour = COLOURS.get(m, None)
-            curve.plot(fr, mean, "o-", color=colour, label=LABELS.get(m, m), lw=2.2 if m == "agrifm" else 1.2)
+            label = f"{LABELS[m]} (supervised)" if m == "agrifm" and "agrifm_supervised" in s else LABELS.get(m, m)
+            curve.plot(fr, mean, "o-", color=colour, label=label, lw=2.2 if m == "agrifm" else 1.2)
             curve.fill_between(fr, mean - std, mean + std, color=colour, alpha=0.15)
         curve.set_xticks(fr, [f"{f:.0%}" for f in fr])
         curve.set_xlabel("frames kept (from the start of each series)")
@@ -501,7 +519,8 @@ def plot(s: dict, path: str) -> None:
         curve.legend(loc="lower right", fontsize=8)
     lo = min(min(s[m]["oa"], s[m]["mf1"]) for m in models)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    ax.set_xticks(x, [LABELS.get(m, m) for m in models], fontsize=8)
+    names = {**LABELS, **EXTRA, **({"agrifm": "AgriFM\n(self-trained)"} if "agrifm_supervised" in s else {})}
+    ax.set_xticks(x, [names.get(m, m) for m in models], fontsize=8)
     ax.set_title(f"held-out accuracy, single models (n_test={s[models[0]]['n_test']}, {s[models[0]]['seeds']} seeds)",
                  fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=8, frameon=False)

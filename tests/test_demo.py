@@ -181,12 +181,18 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     s = json.loads(out.read_text())
     singles = ("agrifm", "random_forest", "temporal_cnn", "ltae", "temporal_cnn_pooled")
     ensembles = tuple(f"{m}_ensemble" for m in singles)  # --members 2: one ensemble row per model
-    for model in singles + ensembles:
+    for model in singles + ensembles + ("agrifm_supervised", "agrifm_supervised_ensemble"):
         for key in ("oa", "mf1", "kappa", "oa_std", "mf1_std", "n_test"):
             assert key in s[model], (model, key)
         assert 0.0 <= s[model]["oa"] <= 1.0
+    for model in singles + ensembles:
         assert set(s["early_season"][model]) == {"0.25", "0.5", "0.75", "1"}  # every model's early-season curve
-    assert s["early_season"]["agrifm"]["1"] == s["agrifm"]  # one AgriFM model serves its row and its curve
+    # The row is the self-trained model; its curve is the supervised model it started from (a
+    # pseudo-label from a whole test series would teach an early-season model the season's end).
+    assert s["early_season"]["agrifm"]["1"] == s["agrifm_supervised"] and "agrifm_supervised" not in s["early_season"]
+    (pseudo,) = s["setup"]["agrifm_self_training"]["pseudo_labels"]
+    assert s["setup"]["agrifm_self_training"]["tau"] == 0.9 and 0.0 <= pseudo["share"] <= 1.0
+    assert "self-trained; supervised OA" in r.stdout and "agrifm_supervised" in r.stdout
     assert s["setup"]["members"] == 2 and s["setup"]["early_season_training"]["random_truncation"] == 0.25
     assert set(s["agrifm_prior_correction"]) == {"1", "0.8"}  # 0.8 is the default: the main row again
     assert s["agrifm_prior_correction"]["0.8"] == s["agrifm"]
@@ -208,10 +214,28 @@ def test_accuracy_benchmark_json_contract(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     t = json.loads(again.read_text())
     assert t["agrifm"] == s["agrifm"] and t["early_season"]["agrifm"] == s["early_season"]["agrifm"]
-    assert all(t[m] == s[m] for m in singles + ensembles)
+    assert all(t[m] == s[m] for m in singles + ensembles + ("agrifm_supervised",))
     assert t["setup"]["rows_from"]["models"] == [m for m in singles + ensembles if not m.startswith("agrifm")]
     r = subprocess.run(args[:7] + ["2"] + args[8:], capture_output=True, text=True, cwd=ROOT)  # --seeds 2
     assert r.returncode != 0 and "another setup" in r.stderr
+
+
+def test_accuracy_benchmark_without_self_training_has_one_agrifm_model(tmp_path):
+    import pandas as pd
+
+    csv = need(DEMO_DATA / "mato_grosso_modis" / "samples" / "mato_grosso_train.csv")
+    df = pd.read_csv(csv)
+    keep = df["sample_id"].drop_duplicates().sample(120, random_state=0)
+    table = tmp_path / "t.csv"
+    df[df["sample_id"].isin(keep)].to_csv(table, index=False)
+    out = tmp_path / "plain.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--train", str(table), "--seeds", "1",
+                        "--agrifm-steps", "10", "--quiet", "--models", "agrifm", "--set", "self_training=null",
+                        "--set", "model.embed_dim=16", "--json", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert "agrifm_supervised" not in s and s["setup"]["agrifm_self_training"] is None
+    assert s["early_season"]["agrifm"]["1"] == s["agrifm"]  # one AgriFM model serves its row and its curve
 
 
 def test_accuracy_step_budget_grows_with_the_table_within_its_bounds():

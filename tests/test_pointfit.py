@@ -149,3 +149,107 @@ def test_observed_channel_model_maps_a_cloudy_scene_as_it_scores_the_table(tmp_p
         mapped = ds.read(1).reshape(-1)
     expected = predict_table(task, table, idx, source).argmax(1)
     np.testing.assert_array_equal(mapped, expected)
+
+
+def test_pseudo_labels_take_the_confident_rows_and_their_class() -> None:
+    from agrifm.tasks.pointfit import pseudo_labelled
+
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.02, 0.98], [0.5, 0.5]])
+    keep, labels = pseudo_labelled(probs, 0.9)
+    assert keep.tolist() == [0, 2] and labels.tolist() == [0, 1]
+    keep, labels = pseudo_labelled(probs, 0.99)
+    assert keep.tolist() == [] and labels.tolist() == []
+
+
+def test_concatenated_tables_keep_rows_and_refuse_another_grid() -> None:
+    from agrifm.data.tables import TableError
+
+    a, b = _table(n=6), _table(n=4)
+    b = dataclasses.replace(b, sample_ids=np.array([f"u{i}" for i in range(4)]), labels=np.array([2, 2, 2, 2]))
+    both = a.concatenated(b)
+    assert len(both) == 10 and both.labels.tolist() == [*a.labels.tolist(), 2, 2, 2, 2]
+    assert both.sample_ids.tolist()[-4:] == ["u0", "u1", "u2", "u3"] and both.coords is None
+    np.testing.assert_array_equal(both.values[6:], b.values)
+    with pytest.raises(TableError, match=r"x 9 frames; expected \['NDVI'\] x 11"):
+        a.concatenated(_table(n=4, t=9))
+    with pytest.raises(TableError, match="classes"):
+        a.concatenated(dataclasses.replace(b, class_names=["x", "y", "z"]))
+    placed = dataclasses.replace(a, coords=np.zeros((6, 2)))
+    assert placed.concatenated(b).coords is None  # coordinates only where both tables have them
+
+
+def test_self_training_learns_from_the_confident_unlabelled_series() -> None:
+    """The first model labels the unlabelled series it is sure of; the second is trained from
+    scratch on both with the first's steps, and scores at least as well on the unlabelled ones."""
+    from agrifm.tasks.pointfit import self_trained
+
+    table = _table(n=96)
+    train, pool_idx = np.arange(0, 96, 4), np.setdiff1d(np.arange(96), np.arange(0, 96, 4))  # 24 labelled
+    pool = dataclasses.replace(table.subset(pool_idx), labels=np.zeros(len(pool_idx), np.int64), path="pool.csv")
+    source = source_from_table(table, train, "NDVI")
+    cfg = PointFitConfig(epochs=12, batch_size=8, warmup_steps=2, members=1, progress=False, seed=0,
+                         model=dict(CAT), self_training=0.6, lr=3e-3)
+    first = fit_point_classifier(table, train, source, cfg)
+    task, pseudo = self_trained(first, table, train, source, cfg, pool)
+    truth = table.labels[pool_idx]
+    assert pseudo.pool == 72 and 0 < len(pseudo.index) <= 72
+    assert (pseudo.labels == truth[pseudo.index]).mean() > 0.9  # an easy task: the confident labels are right
+    acc = lambda t: (predict_table(t, pool, np.arange(72), source).argmax(1) == truth).mean()  # noqa: E731
+    assert acc(task) >= acc(first) - 0.03 and acc(task) > 0.85
+    # fit_point_classifier with unlabelled series returns the same self-trained model
+    again = fit_point_classifier(table, train, source, cfg, unlabelled=pool)
+    np.testing.assert_allclose(predict_table(again, pool, np.arange(72), source),
+                               predict_table(task, pool, np.arange(72), source), atol=1e-5)
+    # without the setting, the unlabelled series are not used
+    off = fit_point_classifier(table, train, source, dataclasses.replace(cfg, self_training=None), unlabelled=pool)
+    np.testing.assert_allclose(predict_table(off, pool, np.arange(72), source),
+                               predict_table(first, pool, np.arange(72), source), atol=1e-6)
+
+
+def test_self_training_keeps_the_first_models_steps_and_observation_band(monkeypatch) -> None:
+    from agrifm.data.tables import OBSERVED
+    from agrifm.tasks import pointfit
+
+    table = _table(n=64)
+    table.values[::2, 3:5] = np.nan  # gaps that differ between series: "auto" gives the band
+    train = np.arange(32)
+    pool = table.subset(np.arange(32, 64))
+    source = source_from_table(table, train, "NDVI")
+    cfg = PointFitConfig(epochs=3, batch_size=8, warmup_steps=2, members=1, progress=False, seed=0,
+                         model=dict(CAT), self_training=0.0001, self_training_steps=10)
+    first = fit_point_classifier(table, train, source, cfg)
+    seen: list = []
+    real = pointfit._fit_supervised
+    monkeypatch.setattr(pointfit, "_fit_supervised", lambda t, i, s, c, **kw: seen.append((len(i), c)) or real(t, i, s, c, **kw))
+    # Gaps only in the training rows' every other series; the pooled rows have none of their own,
+    # so deciding the band on the stacked rows could differ: the first model's decision is kept.
+    task, pseudo = pointfit.self_trained(first, table, train, source, cfg, pool)
+    (n, second), = seen
+    assert len(pseudo.index) == 32 and n == 64  # every pooled series passes a threshold of 0.0001
+    assert second.observed_channel is True and second.self_training is None
+    assert second.epochs == 10 // (64 // 8)  # the first model's 3 epochs (12 steps; 24 on the stacked rows), capped at 10 steps
+    _, pseudo = pointfit.self_trained(first, table, train, source, dataclasses.replace(cfg, self_training_steps=1000),
+                                      pool)
+    assert seen[-1][1].epochs == 3  # under the cap: as many epochs as the first model
+    assert task.sources_meta["NDVI"].bands == ("NDVI", OBSERVED)
+
+
+def test_self_training_refuses_unlabelled_series_on_other_bands_or_longer_seasons() -> None:
+    from agrifm.tasks.pointfit import self_trained
+
+    table = _table(n=32)
+    idx = np.arange(32)
+    source = source_from_table(table, idx, "NDVI")
+    cfg = PointFitConfig(epochs=1, batch_size=16, warmup_steps=1, members=1, progress=False, seed=0, model=dict(CAT))
+    first = fit_point_classifier(table, idx, source, cfg)
+    other = dataclasses.replace(table, bands=("EVI",), path="pool.csv")
+    with pytest.raises(InputError, match=r"pool.csv: bands \['EVI'\]; the model's table has \['NDVI'\]"):
+        self_trained(first, table, idx, source, cfg, other)
+    longer = dataclasses.replace(table.padded(13), lengths=np.full(32, 13), path="pool.csv")
+    with pytest.raises(InputError, match="pool.csv: series of up to 13 frames; the training table's have 11"):
+        self_trained(first, table, idx, source, cfg, longer)
+    with pytest.raises(ValueError, match="self_training 1.5"):
+        self_trained(first, table, idx, source, dataclasses.replace(cfg, self_training=1.5), table)
+    shorter = table.truncated(0.5)  # a shorter grid is padded to the table's
+    task, pseudo = self_trained(first, table, idx, source, dataclasses.replace(cfg, self_training=0.0001), shorter)
+    assert pseudo.pool == 32 and task.model.config.num_frames == 11

@@ -95,6 +95,20 @@ class SeriesTable:
         dates = np.where(cut, np.datetime64("NaT"), self.dates[:, :t])
         return replace(self, values=values, dates=dates, lengths=lengths)  # NaN is weak-typed: stays float32
 
+    def concatenated(self, other: "SeriesTable") -> "SeriesTable":
+        """This table's rows followed by ``other``'s (one frame grid, band list and class list)."""
+        if other.values.shape[1:] != self.values.shape[1:] or other.bands != self.bands:
+            raise TableError(f"{other.path or 'table'}: bands {list(other.bands)} x {other.values.shape[1]} frames; "
+                             f"expected {list(self.bands)} x {self.values.shape[1]} as in {self.path or 'the other table'}")
+        if other.class_names != self.class_names:
+            raise TableError(f"{other.path or 'table'}: classes {other.class_names}; expected {self.class_names}")
+        top, bottom = self, other
+        if (top.coords is None) != (bottom.coords is None):  # coordinates only where both have them
+            top, bottom = replace(top, coords=None), replace(bottom, coords=None)
+        joined = {f.name: np.concatenate([getattr(top, f.name), getattr(bottom, f.name)]) for f in fields(top)
+                  if isinstance(getattr(top, f.name), np.ndarray)}
+        return replace(top, **joined)
+
     def with_observed(self) -> "SeriesTable":
         """This table with one more band, :data:`OBSERVED`: 1.0 where a frame has a value in
         some band, 0.0 in a gap (padding stays NaN). Gap filling turns clouds into plausible
