@@ -62,8 +62,8 @@ from agrifm.data.timeseries import fill_series  # noqa: E402
 from agrifm.io import write_text_atomic  # noqa: E402
 from agrifm.tasks.metrics import metrics_from_confusion  # noqa: E402
 from agrifm.tasks.pointfit import (  # noqa: E402
-    PointFitConfig, fit_point_classifier, predict_table, prior_logit_bias, self_trained, source_from_table,
-    steps_per_epoch, uses_observed,
+    PointFitConfig, epochs_within, fit_point_classifier, predict_table, prior_logit_bias, self_trained,
+    source_from_table, steps_per_epoch, uses_observed,
 )
 from agrifm.runtime import die_with_parent, usable_cores  # noqa: E402
 
@@ -89,10 +89,6 @@ def _normalised(values: np.ndarray, dates: np.ndarray, mean: np.ndarray, std: np
     filled, _ = fill_series(values, dates)
     z = (filled - mean) / std
     return np.nan_to_num(z, nan=0.0).astype(np.float32)
-
-
-def _steps_epochs(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
-    return max(1, min(max_epochs, max_steps // steps_per_epoch(n, batch)))
 
 
 REFERENCE_FRAMES = 23  # the series length the ceiling is sized for (~6,000 x 23 tables in 30 min on 2 cores)
@@ -258,7 +254,7 @@ def _job(spec: tuple) -> dict:
             "temporal_cnn": (lambda: TempCNN(bands, k, frames=t), TEMPCNN_RECIPE, False),
             "ltae": (lambda: LTAE(bands, k), LTAE_RECIPE, True),
             "temporal_cnn_pooled": (lambda: PooledTemporalCNN(bands, k),
-                                    {**POOLED_RECIPE, "epochs": _steps_epochs(n, 64, 3000, 60)}, False),
+                                    {**POOLED_RECIPE, "epochs": epochs_within(n, 64, 3000, 60)}, False),
         }[name]
         for i in range(members):
             torch.manual_seed(seed * members + i)
@@ -339,7 +335,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     ceiling = 2 * agrifm_steps if agrifm_max_steps is None else agrifm_max_steps
     trunc = dict(random_truncation=probe.random_truncation, min_fraction=probe.min_fraction)
     budget = agrifm_step_budget(len(tr_idx), t, probe.batch_size, agrifm_steps, ceiling)
-    agrifm_epochs = _steps_epochs(len(tr_idx), probe.batch_size, budget, 200)
+    agrifm_epochs = epochs_within(len(tr_idx), probe.batch_size, budget, 200)
     # AgriFM's own recipe holds the season cuts (its variable-length mode), so one AgriFM job per
     # seed gives its row (self-trained) and its curve (the supervised model); each baseline's row
     # comes from its own recipe (no cuts).

@@ -24,7 +24,8 @@ from agrifm.runtime import die_with_parent, trainer_precision, usable_cores
 from agrifm.sensors import Source
 
 __all__ = ["PointFitConfig", "PseudoLabels", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table",
-           "fit_point_classifier", "predict_table", "pseudo_labelled", "self_trained", "steps_per_epoch", "uses_observed"]
+           "fit_point_classifier", "predict_table", "pseudo_labelled", "self_trained", "epochs_within", "steps_per_epoch",
+           "uses_observed"]
 
 
 @dataclass
@@ -240,13 +241,12 @@ def self_trained(first, table: SeriesTable, train_index: np.ndarray, source: Sou
         raise ValueError(f"self_training {cfg.self_training}: expected a class probability in (0, 1]")
     pool = _on_grid(unlabelled, table)
     keep, labels = pseudo_labelled(predict_table(first, pool, np.arange(len(pool)), source), tau)
-    pseudo = dataclasses.replace(pool.subset(keep), labels=labels.astype(np.int64), class_names=list(table.class_names))
+    pseudo = dataclasses.replace(pool.subset(keep), labels=labels.astype(np.int64))  # pool: the table's classes
     both = table.subset(train_index).concatenated(pseudo)
     # As many passes as the first model made (each labelled series seen as often), at most
     # self_training_steps steps (the time: the pseudo-labelled series can outnumber the labelled).
-    epochs = max(1, min(cfg.epochs, cfg.self_training_steps // steps_per_epoch(len(both), cfg.batch_size)))
     second = dataclasses.replace(
-        cfg, self_training=None, epochs=epochs,
+        cfg, self_training=None, epochs=epochs_within(len(both), cfg.batch_size, cfg.self_training_steps, cfg.epochs),
         observed_channel=uses_observed(cfg.observed_channel, table, train_index),  # the first's decision
         history_dir=os.path.join(cfg.history_dir, "self_trained") if cfg.history_dir else None)
     task = _fit_supervised(both, np.arange(len(both)), source, second, class_colors=class_colors,
@@ -257,6 +257,11 @@ def self_trained(first, table: SeriesTable, train_index: np.ndarray, source: Sou
 def steps_per_epoch(n: int, batch: int) -> int:
     """Optimiser steps in one pass over ``n`` training series (the last partial batch is dropped)."""
     return max(1, n // batch)
+
+
+def epochs_within(n: int, batch: int, max_steps: int, max_epochs: int) -> int:
+    """Passes over ``n`` series: ``max_epochs`` at most, and no more than fit in ``max_steps`` steps (one at least)."""
+    return max(1, min(max_epochs, max_steps // steps_per_epoch(n, batch)))
 
 
 def _on_grid(unlabelled: SeriesTable, table: SeriesTable) -> SeriesTable:
