@@ -65,7 +65,7 @@ from agrifm.tasks.pointfit import (  # noqa: E402
     PointFitConfig, epochs_within, fit_point_classifier, predict_table, prior_logit_bias, self_trained,
     source_from_table, steps_per_epoch, uses_observed,
 )
-from agrifm.runtime import die_with_parent, usable_cores  # noqa: E402
+from agrifm.runtime import cpu_description, die_with_parent, usable_cores  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 T = TypeVar("T")
@@ -406,7 +406,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
     summary["setup"] = {"train": str(train_path), "test": str(test_path) if test_path else f"grouped holdout {holdout}",
                         "n_train": int(len(tr_idx)), "classes": names, "bands": list(train.bands), "frames": t,
                         "device": "cuda" if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d"),
-                        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+                        "machine": f"{platform.machine()} {os.cpu_count()} cores", "cpu": cpu_description(),
                         "agrifm_overrides": overrides or {}, "members": members,
                         "agrifm_observation_band": uses_observed(probe.observed_channel, train, tr_idx),
                         "agrifm_self_training": {"tau": probe.self_training, "max_steps": probe.self_training_steps,

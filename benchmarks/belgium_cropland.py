@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -282,15 +281,9 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[flo
 def device_name() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({cpu}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores visible)"
+    from agrifm.runtime import cpu_description
+
+    return f"cpu ({cpu_description()}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores visible)"
 
 
 def format_table(result: Mapping[str, Any]) -> str:

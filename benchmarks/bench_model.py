@@ -22,7 +22,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from agrifm.models.agrifm import AgriFM
 from agrifm.models.config import ModelConfig
 from agrifm.models.fast import FastPath, configure_fast_path
 from agrifm.models.presets import preset
+from agrifm.runtime import cpu_description
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA datasheets: (bf16 tensor core, fp32 non-tensor).
 # Matched on torch.cuda.get_device_name(), most specific first.
@@ -61,15 +61,6 @@ def device_peak_tflops(device: torch.device, precision: str) -> float | None:
         if key in name:
             return bf16 if precision == "bf16" else fp32
     return None
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return f"CPU {platform.processor() or platform.machine()}"
 
 
 def bench_config(size: int, frames: int, decoder: str = "fusion") -> ModelConfig:
@@ -325,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["fast"]["agreement_with_exact"] = check
     results.update({
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_description()}, {torch.get_num_threads()} threads",
         "precision": args.precision, "gflops_per_sample": variants[0].gflops, "batch": args.batch,
         "input": f"{args.frames}x10x{args.size}x{args.size}", "compile": args.compile,
         "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "default",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agrifm.runtime import rank_world, trainer_precision
+from agrifm.runtime import cpu_description, rank_world, trainer_precision
 
 
 def test_rank_world_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,3 +28,12 @@ def test_trainer_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     assert trainer_precision("auto") == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert trainer_precision() == "16-mixed"
+
+
+def test_cpu_description_names_the_kernels_torch_uses() -> None:
+    # Benchmark JSON records it: training results differ in the last digits between machines
+    # whose CPU kernels differ (AVX2 vs AVX512), so the record must say which ones ran.
+    text = cpu_description()
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert text.endswith(f"torch CPU capability {capability}")
+    assert text.split(",")[0].strip()  # a CPU name before the capability

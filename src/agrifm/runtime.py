@@ -7,10 +7,11 @@ they answer them the same way.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
-__all__ = ["die_with_parent", "rank_world", "trainer_precision", "usable_cores"]
+__all__ = ["cpu_description", "die_with_parent", "rank_world", "trainer_precision", "usable_cores"]
 
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -69,3 +70,26 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def cpu_description() -> str:
+    """The CPU model (with its family and model numbers on Linux) and the vector instructions
+    torch's CPU kernels use here: results of a training run can differ in the last digits
+    between machines whose kernels differ (e.g. AVX2 vs AVX512), so benchmarks record both."""
+    name, ids = platform.processor() or platform.machine(), {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in ids:
+                    ids[key] = value.strip()
+                elif not key and ids:
+                    break  # first processor block read
+    except OSError:
+        pass
+    name = ids.get("model name", name)
+    if "cpu family" in ids and "model" in ids:
+        name += f" (family {ids['cpu family']} model {ids['model']})"
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
+    return f"{name}, torch CPU capability {capability}"
