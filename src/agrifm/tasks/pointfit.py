@@ -86,7 +86,8 @@ class PointFitConfig:
     # None: off. Single models, 3 seeds, OA / mF1, self-trained vs supervised (docs/baselines.md,
     # "Self-training, the default"): Mato Grosso 0.9798 / 0.9849 vs 0.9773 / 0.9829, Belgium
     # 0.9775 vs 0.9745, Slovenia 0.8966 / 0.5993 vs 0.8948 / 0.5962; a quarter of Mato Grosso
-    # (101 test series) 0.9472 / 0.8146 vs 0.9406 / 0.8431 (one seed lost a rare class).
+    # (101 test series) 0.9472 / 0.8146 vs 0.9406 / 0.8431 (one seed lost a rare class); on another
+    # CPU (section "The same defaults on a third machine") 0.9571 / 0.8571 there, Belgium 0.9766 vs 0.9738.
     self_training: float | None = 0.9
     self_training_steps: int = 2400
     # Train this many models (seeds seed·members + i) and average their class probabilities
