@@ -91,5 +91,4 @@ def cpu_description() -> str:
     name = ids.get("model name", name)
     if "cpu family" in ids and "model" in ids:
         name += f" (family {ids['cpu family']} model {ids['model']})"
-    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
-    return f"{name}, torch CPU capability {capability}"
+    return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
