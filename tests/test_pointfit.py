@@ -161,6 +161,25 @@ def test_pseudo_labels_take_the_confident_rows_and_their_class() -> None:
     assert keep.tolist() == [] and labels.tolist() == []
 
 
+def test_balanced_pseudo_labels_keep_each_predicted_class_its_share() -> None:
+    from agrifm.tasks.pointfit import pseudo_labelled
+
+    # Class 0 is predicted confidently, class 2 (rare) never reaches tau, class 1 is never predicted.
+    probs = np.array([[0.97, 0.02, 0.01], [0.95, 0.03, 0.02], [0.6, 0.3, 0.1], [0.92, 0.05, 0.03],
+                      [0.2, 0.1, 0.7], [0.3, 0.2, 0.5], [0.91, 0.06, 0.03], [0.7, 0.2, 0.1]])
+    keep, labels = pseudo_labelled(probs, 0.9)
+    assert keep.tolist() == [0, 1, 3, 6] and set(labels.tolist()) == {0}
+    # Half the rows reached tau: class 2's most confident half (1 of 2) joins; class 0 has its half already.
+    keep, labels = pseudo_labelled(probs, 0.9, balanced=True)
+    assert keep.tolist() == [0, 1, 3, 4, 6] and labels.tolist() == [0, 0, 0, 2, 0]
+    # Nothing confident: nothing kept, balanced or not (no share to keep).
+    keep, labels = pseudo_labelled(probs, 0.99, balanced=True)
+    assert keep.tolist() == [] and labels.tolist() == []
+    # Everything confident: everything kept once.
+    keep, _ = pseudo_labelled(probs, 0.1, balanced=True)
+    assert keep.tolist() == list(range(8))
+
+
 def test_concatenated_tables_keep_rows_and_refuse_another_grid() -> None:
     from agrifm.data.tables import TableError
 
@@ -232,6 +251,13 @@ def test_self_training_keeps_the_first_models_steps_and_observation_band(monkeyp
                                       pool)
     assert seen[-1][1].epochs == 3  # under the cap: as many epochs as the first model
     assert task.sources_meta["NDVI"].bands == ("NDVI", OBSERVED)
+    # The class-balanced selection is the config's to choose (off by default).
+    asked: list = []
+    chosen = pointfit.pseudo_labelled
+    monkeypatch.setattr(pointfit, "pseudo_labelled", lambda p, t, balanced=False: asked.append(balanced) or chosen(p, t, balanced))
+    pointfit.self_trained(first, table, train, source, cfg, pool)
+    pointfit.self_trained(first, table, train, source, dataclasses.replace(cfg, self_training_balanced=True), pool)
+    assert asked == [False, True]
 
 
 def test_self_training_refuses_unlabelled_series_on_other_bands_or_longer_seasons() -> None:

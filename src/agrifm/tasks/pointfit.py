@@ -90,6 +90,15 @@ class PointFitConfig:
     # CPU (section "The same defaults on a third machine") 0.9571 / 0.8571 there, Belgium 0.9766 vs 0.9738.
     self_training: float | None = 0.9
     self_training_steps: int = 2400
+    # Class-balanced pseudo-labels (after CBST, Zou et al. 2018): each class the first model
+    # predicts also keeps its most confident series up to the share of all series that reached
+    # self_training, so a rare class short of it still gets some. Off: on one machine, 3 seeds,
+    # every baseline retrained (docs/baselines.md, "Class-balanced pseudo-labels, tried"), it won
+    # back the quarter of Mato Grosso's lost rare class (mF1 0.8146 -> 0.8354; Slovenia 0.5993 ->
+    # 0.6124) but cost OA where the added labels were less sure: Mato Grosso 0.9798 / 0.9849 ->
+    # 0.9739 / 0.9775 (below the supervised model), Belgium 0.9775 -> 0.9767 (behind L-TAE's
+    # 0.9769), the quarter 0.9472 -> 0.9340.
+    self_training_balanced: bool = False
     # Train this many models (seeds seed·members + i) and average their class probabilities
     # (models/ensemble.py); ``workers`` processes train them side by side (None: one per core).
     # On 2 cores two members train side by side (one thread each) for about 1.4x the wall time of
@@ -220,17 +229,29 @@ class PseudoLabels:
     pool: int  # unlabelled series offered
 
 
-def pseudo_labelled(probs: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the rows whose top class probability is at least ``tau``, and that class."""
-    keep = np.flatnonzero(probs.max(axis=1) >= tau)
-    return keep, probs[keep].argmax(axis=1)
+def pseudo_labelled(probs: np.ndarray, tau: float, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the rows whose top class probability is at least ``tau``, and that class.
+
+    ``balanced``: also, for each predicted class, its most confident rows up to the share of all
+    rows that reached ``tau`` (rounded up), so every class predicted keeps that share at least."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    keep = conf >= tau
+    share = float(keep.mean()) if len(keep) else 0.0
+    if balanced and share > 0:
+        for c in np.unique(pred):
+            rows = np.flatnonzero(pred == c)
+            keep[rows[np.argsort(-conf[rows])][: int(np.ceil(share * len(rows)))]] = True
+    index = np.flatnonzero(keep)
+    return index, pred[index]
 
 
 def self_trained(first, table: SeriesTable, train_index: np.ndarray, source: Source, cfg: PointFitConfig,
                  unlabelled: SeriesTable, *, class_colors: Sequence[Sequence[int]] | None = None,
                  default_root_dir: str | None = None) -> tuple[Any, PseudoLabels]:
     """Self-training: ``first`` (fitted on ``train_index``) labels the ``unlabelled`` series it
-    predicts with a class probability of at least ``cfg.self_training``; a second model is trained
+    predicts with a class probability of at least ``cfg.self_training`` (with
+    ``cfg.self_training_balanced``, each predicted class at least that share of its series, the most
+    confident first: :func:`pseudo_labelled`); a second model is trained
     from scratch on the training rows plus those, with the first's epochs (at most
     ``cfg.self_training_steps`` steps) and the first's normalisation and observation band.
 
@@ -241,7 +262,8 @@ def self_trained(first, table: SeriesTable, train_index: np.ndarray, source: Sou
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"self_training {cfg.self_training}: expected a class probability in (0, 1]")
     pool = _on_grid(unlabelled, table)
-    keep, labels = pseudo_labelled(predict_table(first, pool, np.arange(len(pool)), source), tau)
+    keep, labels = pseudo_labelled(predict_table(first, pool, np.arange(len(pool)), source), tau,
+                                   balanced=cfg.self_training_balanced)
     pseudo = dataclasses.replace(pool.subset(keep), labels=labels.astype(np.int64))  # pool: the table's classes
     both = table.subset(train_index).concatenated(pseudo)
     # As many passes as the first model made (each labelled series seen as often), at most
