@@ -254,7 +254,8 @@ def test_self_training_keeps_the_first_models_steps_and_observation_band(monkeyp
     # The class-balanced selection is the config's to choose (off by default).
     asked: list = []
     chosen = pointfit.pseudo_labelled
-    monkeypatch.setattr(pointfit, "pseudo_labelled", lambda p, t, balanced=False: asked.append(balanced) or chosen(p, t, balanced))
+    monkeypatch.setattr(pointfit, "pseudo_labelled",
+                        lambda p, t, balanced=False: asked.append(balanced) or chosen(p, t, balanced))
     pointfit.self_trained(first, table, train, source, cfg, pool)
     pointfit.self_trained(first, table, train, source, dataclasses.replace(cfg, self_training_balanced=True), pool)
     assert asked == [False, True]

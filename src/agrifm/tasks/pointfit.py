@@ -86,8 +86,9 @@ class PointFitConfig:
     # None: off. Single models, 3 seeds, OA / mF1, self-trained vs supervised (docs/baselines.md,
     # "Self-training, the default"): Mato Grosso 0.9798 / 0.9849 vs 0.9773 / 0.9829, Belgium
     # 0.9775 vs 0.9745, Slovenia 0.8966 / 0.5993 vs 0.8948 / 0.5962; a quarter of Mato Grosso
-    # (101 test series) 0.9472 / 0.8146 vs 0.9406 / 0.8431 (one seed lost a rare class); on another
-    # CPU (section "The same defaults on a third machine") 0.9571 / 0.8571 there, Belgium 0.9766 vs 0.9738.
+    # (101 test series) 0.9472 / 0.8146 vs 0.9406 / 0.8431 (one seed lost a rare class). On another
+    # CPU (section "The same defaults on a third machine"): the quarter 0.9571 / 0.8571, Belgium
+    # 0.9766 vs 0.9738.
     self_training: float | None = 0.9
     self_training_steps: int = 2400
     # Class-balanced pseudo-labels (after CBST, Zou et al. 2018): each class the first model
@@ -236,8 +237,8 @@ def pseudo_labelled(probs: np.ndarray, tau: float, balanced: bool = False) -> tu
     rows that reached ``tau`` (rounded up), so every class predicted keeps that share at least."""
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     keep = conf >= tau
-    share = float(keep.mean()) if len(keep) else 0.0
-    if balanced and share > 0:
+    if balanced and keep.any():
+        share = keep.mean()
         for c in np.unique(pred):
             rows = np.flatnonzero(pred == c)
             keep[rows[np.argsort(-conf[rows])][: int(np.ceil(share * len(rows)))]] = True
@@ -250,9 +251,8 @@ def self_trained(first, table: SeriesTable, train_index: np.ndarray, source: Sou
                  default_root_dir: str | None = None) -> tuple[Any, PseudoLabels]:
     """Self-training: ``first`` (fitted on ``train_index``) labels the ``unlabelled`` series it
     predicts with a class probability of at least ``cfg.self_training`` (with
-    ``cfg.self_training_balanced``, each predicted class at least that share of its series, the most
-    confident first: :func:`pseudo_labelled`); a second model is trained
-    from scratch on the training rows plus those, with the first's epochs (at most
+    ``cfg.self_training_balanced``, class-balanced: :func:`pseudo_labelled`); a second model is
+    trained from scratch on the training rows plus those, with the first's epochs (at most
     ``cfg.self_training_steps`` steps) and the first's normalisation and observation band.
 
     The unlabelled series are data the model will classify (their labels, where a table has them,
