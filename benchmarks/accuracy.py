@@ -410,6 +410,7 @@ def run(train_path: str, test_path: str | None, holdout: float, seeds: int, agri
                         "agrifm_overrides": overrides or {}, "members": members,
                         "agrifm_observation_band": uses_observed(probe.observed_channel, train, tr_idx),
                         "agrifm_self_training": {"tau": probe.self_training, "balanced": probe.self_training_balanced,
+                                                 "prior": probe.self_training_prior, "init": probe.self_training_init,
                                                  "max_steps": probe.self_training_steps,
                                                  "pseudo_labels": pseudo} if supervised else None,
                         "agrifm_epochs": agrifm_epochs,

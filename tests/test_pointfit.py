@@ -280,3 +280,48 @@ def test_self_training_refuses_unlabelled_series_on_other_bands_or_longer_season
     shorter = table.truncated(0.5)  # a shorter grid is padded to the table's
     task, pseudo = self_trained(first, table, idx, source, dataclasses.replace(cfg, self_training=0.0001), shorter)
     assert pseudo.pool == 32 and task.model.config.num_frames == 11
+
+
+def test_self_training_can_start_from_the_first_model_and_decide_with_the_labelled_prior(monkeypatch) -> None:
+    """``self_training_init="first"``: the second model starts from the first's weights without its
+    prior correction; ``self_training_prior="labelled"``: its logits move from the class prior of
+    training + pseudo-labels to that of the labelled series."""
+    from agrifm.tasks import pointfit
+
+    table = _table(n=64)
+    train, pool = np.arange(24), table.subset(np.arange(24, 64))
+    source = source_from_table(table, train, "NDVI")
+    cfg = PointFitConfig(epochs=2, batch_size=8, warmup_steps=1, members=1, progress=False, seed=0,
+                         model=dict(CAT), self_training=0.0001, self_training_init="first")
+    first = fit_point_classifier(table, train, source, cfg)
+    seen: list = []
+    real = pointfit._fit_supervised
+    monkeypatch.setattr(pointfit, "_fit_supervised",
+                        lambda *a, init=None, **kw: seen.append(init) or real(*a, init=init, **kw))
+    pointfit.self_trained(first, table, train, source, cfg, pool)
+    (init,), = seen
+    start = pointfit._new_task(table, train, source, cfg, None)
+    start.model.load_state_dict(init)
+    start.add_logit_bias(pointfit.prior_logit_bias(table.labels[train], 2, cfg.prior_correction * cfg.class_balance))
+    every = np.arange(len(table))
+    np.testing.assert_allclose(predict_table(start.eval(), table, every, source),
+                               predict_table(first, table, every, source), atol=1e-6)
+    with pytest.raises(ValueError, match="self_training_init 'warm'"):
+        pointfit.self_trained(first, table, train, source, dataclasses.replace(cfg, self_training_init="warm"), pool)
+    # The shift takes the prior of the trained labels to the target's: 3:1 -> 1:1 is log 3 between classes.
+    shift = pointfit.prior_shift(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0, 0, 0, 1, 1]), 2)
+    np.testing.assert_allclose(shift, [-np.log(3) / 2, np.log(3) / 2])
+    # centred, and a class the trained labels lack counts as one
+    assert sum(pointfit.prior_shift(np.array([0, 1, 2]), np.array([0]), 3)) == pytest.approx(0)
+    monkeypatch.setattr(pointfit, "_fit_supervised", real)
+    scratch = dataclasses.replace(cfg, self_training_init="scratch")
+    plain, pseudo = pointfit.self_trained(first, table, train, source, scratch, pool)
+    shifted, _ = pointfit.self_trained(first, table, train, source,
+                                       dataclasses.replace(scratch, self_training_prior="labelled"), pool)
+    want = pointfit.prior_shift(table.labels[train], np.concatenate([table.labels[train], pseudo.labels]), 2)
+    logp = lambda t: np.log(predict_table(t, table, every, source))  # noqa: E731
+    moved = logp(shifted) - logp(plain)
+    np.testing.assert_allclose(moved - moved.mean(1, keepdims=True), np.tile(want, (len(table), 1)), atol=1e-4)
+    with pytest.raises(ValueError, match="self_training_prior 'test'"):
+        pointfit.self_trained(first, table, train, source, dataclasses.replace(scratch, self_training_prior="test"),
+                              pool)
