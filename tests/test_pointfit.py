@@ -289,7 +289,9 @@ def test_self_training_can_start_from_the_first_model_and_decide_with_the_labell
     from agrifm.tasks import pointfit
 
     table = _table(n=64)
-    train, pool = np.arange(24), table.subset(np.arange(24, 64))
+    rows = np.arange(64)
+    train = np.flatnonzero((rows < 12) | ((rows < 36) & (table.labels == 0)))  # classes 12 : 4 : 4
+    pool = table.subset(np.setdiff1d(rows, train))
     source = source_from_table(table, train, "NDVI")
     cfg = PointFitConfig(epochs=2, batch_size=8, warmup_steps=1, members=1, progress=False, seed=0,
                          model=dict(CAT), self_training=0.0001, self_training_init="first")
@@ -302,10 +304,15 @@ def test_self_training_can_start_from_the_first_model_and_decide_with_the_labell
     (init,), = seen
     start = pointfit._new_task(table, train, source, cfg, None)
     start.model.load_state_dict(init)
-    start.add_logit_bias(pointfit.prior_logit_bias(table.labels[train], 2, cfg.prior_correction * cfg.class_balance))
+    k = len(table.class_names)
+    start.add_logit_bias(pointfit.prior_logit_bias(table.labels[train], k, cfg.prior_correction * cfg.class_balance))
     every = np.arange(len(table))
     np.testing.assert_allclose(predict_table(start.eval(), table, every, source),
                                predict_table(first, table, every, source), atol=1e-6)
+    # ... and training starts there (a learning rate of ~0 keeps them; the same prior correction back)
+    still = pointfit._fit_one(table, train, source, dataclasses.replace(cfg, lr=1e-12, ema_decay=None), init=init)
+    np.testing.assert_allclose(predict_table(still, table, every, source),
+                               predict_table(first, table, every, source), atol=1e-5)
     with pytest.raises(ValueError, match="self_training_init 'warm'"):
         pointfit.self_trained(first, table, train, source, dataclasses.replace(cfg, self_training_init="warm"), pool)
     # The shift takes the prior of the trained labels to the target's: 3:1 -> 1:1 is log 3 between classes.
@@ -318,7 +325,8 @@ def test_self_training_can_start_from_the_first_model_and_decide_with_the_labell
     plain, pseudo = pointfit.self_trained(first, table, train, source, scratch, pool)
     shifted, _ = pointfit.self_trained(first, table, train, source,
                                        dataclasses.replace(scratch, self_training_prior="labelled"), pool)
-    want = pointfit.prior_shift(table.labels[train], np.concatenate([table.labels[train], pseudo.labels]), 2)
+    want = pointfit.prior_shift(table.labels[train], np.concatenate([table.labels[train], pseudo.labels]), k)
+    assert np.abs(want).max() > 0.05  # the pseudo-labels' class mix is not the labelled one's
     logp = lambda t: np.log(predict_table(t, table, every, source))  # noqa: E731
     moved = logp(shifted) - logp(plain)
     np.testing.assert_allclose(moved - moved.mean(1, keepdims=True), np.tile(want, (len(table), 1)), atol=1e-4)
