@@ -164,13 +164,17 @@ def test_balanced_weights_favour_rare_classes_and_keep_the_mean_sample_weight() 
     assert full[0] * 90 == pytest.approx(full[2] * 1)  # every class weighs the same in total
 
 
-def test_classification_task_rejects_class_weights_of_the_wrong_length() -> None:
+def test_classification_task_rejects_class_weights_of_the_wrong_length_and_a_zero_learning_rate() -> None:
     from agrifm.tasks.classification import ClassificationTask
 
     with pytest.raises(ValueError, match="class_weights has 2 values for 3 classes"):
         ClassificationTask(model={"preset": "point-small", "embed_dim": 8, "num_heads": [1, 1, 1, 1]},
                            sources={"NDVI": {"bands": ["NDVI"], "resolution_m": 250.0, "units": "index", "mean": [0.5], "std": [0.2]}},
                            class_names=["a", "b", "c"], class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="lr 0.0: expected a learning rate above 0"):  # not a division by zero later
+        ClassificationTask(model={"preset": "point-small", "embed_dim": 8, "num_heads": [1, 1, 1, 1]},
+                           sources={"NDVI": {"bands": ["NDVI"], "resolution_m": 250.0, "units": "index", "mean": [0.5], "std": [0.2]}},
+                           class_names=["a", "b", "c"], lr=0.0)
 
 
 def test_prior_logit_bias_undoes_the_class_weights_at_the_weighted_loss_optimum() -> None:

@@ -78,6 +78,8 @@ class AgriFMTask(L.LightningModule):
         task_name: str = "segmentation",
     ) -> None:
         super().__init__()
+        if not lr > 0:  # the schedule's multipliers are relative to lr
+            raise ValueError(f"lr {lr}: expected a learning rate above 0")
         self.save_hyperparameters()
         srcs = self._resolve_sources(sources)
         self.sources_meta: dict[str, Source] = srcs
