@@ -25,7 +25,7 @@ from agrifm.sensors import Source
 
 __all__ = ["PointFitConfig", "PseudoLabels", "balanced_weights", "prior_logit_bias", "smooth_table", "source_from_table",
            "fit_point_classifier", "predict_table", "pseudo_labelled", "self_trained", "epochs_within", "steps_per_epoch",
-           "uses_observed"]
+           "prior_shift", "prior_correction_bias", "uses_observed"]
 
 
 @dataclass
@@ -303,8 +303,7 @@ def _initial_states(first, labels: np.ndarray, cfg: PointFitConfig) -> list[dict
     """The weights of ``first`` (each member's) without the prior correction _fit_one folded in."""
     import copy
 
-    strength = float(cfg.prior_correction) * cfg.class_balance
-    bias = prior_logit_bias(labels, len(first.class_names), strength) if strength > 0 else None
+    bias = prior_correction_bias(labels, len(first.class_names), cfg)
     states = []
     for member in getattr(first.model, "members", [first.model]):
         model = copy.deepcopy(member)
@@ -316,13 +315,10 @@ def _initial_states(first, labels: np.ndarray, cfg: PointFitConfig) -> list[dict
 
 
 def prior_shift(target: np.ndarray, trained: np.ndarray, num_classes: int) -> list[float]:
-    """Logit shift (centred) from the class prior of the labels ``trained`` to that of ``target``."""
-    def log_prior(labels: np.ndarray) -> np.ndarray:
-        counts = np.maximum(np.bincount(labels, minlength=num_classes).astype(np.float64), 1.0)
-        return np.log(counts / counts.sum())
-
-    shift = log_prior(target) - log_prior(trained)
-    return (shift - shift.mean()).tolist()
+    """Logit shift (centred) from the class prior of the labels ``trained`` to that of ``target``:
+    the difference of their centred log class counts (:func:`prior_logit_bias` at power 1)."""
+    shift = np.subtract(prior_logit_bias(target, num_classes, 1.0), prior_logit_bias(trained, num_classes, 1.0))
+    return shift.tolist()
 
 
 def steps_per_epoch(n: int, batch: int) -> int:
@@ -479,11 +475,18 @@ def _fit_one(table: SeriesTable, train_index: np.ndarray, source: Source, cfg: P
         warnings.filterwarnings("ignore", ".*val_dataloader.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer.fit(task, train, val)
-    strength = float(cfg.prior_correction)
-    if strength > 0 and cfg.class_balance > 0:
-        labels = table.labels[np.asarray(train_index)]
-        task.add_logit_bias(prior_logit_bias(labels, len(table.class_names), strength * cfg.class_balance))
+    bias = prior_correction_bias(table.labels[np.asarray(train_index)], len(table.class_names), cfg)
+    if bias is not None:
+        task.add_logit_bias(bias)
     return task.eval()
+
+
+def prior_correction_bias(labels: np.ndarray, num_classes: int, cfg: PointFitConfig) -> list[float] | None:
+    """The logit bias a model fitted on ``labels`` gets after training (``cfg.prior_correction``
+    of the class weighting undone); None where either setting is off."""
+    if float(cfg.prior_correction) <= 0 or cfg.class_balance <= 0:
+        return None
+    return prior_logit_bias(labels, num_classes, float(cfg.prior_correction) * cfg.class_balance)
 
 
 def prior_logit_bias(labels: np.ndarray, num_classes: int, power: float) -> list[float]:
